@@ -5,6 +5,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 venv=$(bash scripts/env.sh | tail -1)
 export PATH="$venv/bin:$PATH" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+echo "== offline NLP data for the AMBER metrics (idempotent)"
+bash scripts/setup_nlp_data.sh
 echo "== export drift: nbdev_export must not change the library"
 bash scripts/check_drift.sh .
 echo "== nbdev_test (library notebooks)"
