@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 venv=$(bash scripts/env.sh | tail -1)
-export PATH="$venv/bin:$PATH" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PATH="$venv/bin:$PATH" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 echo "== offline NLP data for the AMBER metrics (idempotent)"
 bash scripts/setup_nlp_data.sh
 echo "== export drift: nbdev_export must not change the library"
