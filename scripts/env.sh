@@ -15,7 +15,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 # The editable install points at one checkout; point it at this one when another clone used the env.
-if [ "$("$venv/bin/python" -c 'import mllm_nle,os;print(os.path.dirname(os.path.dirname(mllm_nle.__file__)))' 2>/dev/null)" != "$root" ]; then
+# -I: isolated mode, so the current directory cannot shadow the installed package.
+if [ "$("$venv/bin/python" -I -c 'import mllm_nle,os;print(os.path.dirname(os.path.dirname(mllm_nle.__file__)))' 2>/dev/null)" != "$root" ]; then
   "$venv/bin/python" -m pip install -q --no-deps -e "$root" 2>&1 | grep -v '^WARNING: Location' || true
 fi
 "$venv/bin/python" -m ipykernel install --user --name mllm-nle --display-name "Python (mllm-nle)" >/dev/null
