@@ -8,12 +8,12 @@ SMOKE = dict(run_name="smoke", n_train=24, n_test=6, sft_steps=6, sft_batch_size
              logging_steps=1, max_new_tokens=12, eval_batch_size=6, nle_metrics=["bleu", "rouge", "cider"],
              compare_variants=["official"], gallery_size=2)
 
-def _papermill(tmp_path, params: dict):
+def _papermill(tmp_path, params: dict, notebook: str = "mcle_train.ipynb"):
     params = {**params, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}
     pf = tmp_path/"params.yaml"; pf.write_text(yaml.safe_dump(params))
     out_nb = tmp_path/"executed.ipynb"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/"mcle_train.ipynb"), str(out_nb), "-f", str(pf),
+    cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/notebook), str(out_nb), "-f", str(pf),
            "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -28,9 +28,10 @@ def test_mcle_notebook_smoke(tmp_path):
         assert {"accuracy", "consistency", "explanation_truth", "BLEU-4", "CIDEr"} <= set(r["summary"]), name
         assert r["n"] == 6 and r["consistency_judge"].startswith("exact")
         assert r["unfiltered"]["unavailable"].get("METEOR") == "not requested"
+        assert sum(t["n"] for t in r["accuracy_by_type"].values()) == 6
     assert set(m["train_levels"]) >= {"positive", "semantic", "image", "instance"}
     for f in ["config.yaml", "figures/loss_curves.png", "figures/metric_bars.png", "figures/gallery.png",
-              "figures/consistency_mcle_multilevel.png", "generations_mcle_multilevel.jsonl", "mcle_multilevel/adapter"]:
+              "figures/consistency_mcle_multilevel.png", "figures/accuracy_by_type.png", "generations_mcle_multilevel.jsonl", "mcle_multilevel/adapter"]:
         assert (out/f).exists(), f
     rows = [json.loads(l) for l in (out/"generations_baseline.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"question", "output", "correct", "supports_answer"} <= set(rows[0])
@@ -48,3 +49,16 @@ def test_mcle_official_demo_files(tmp_path):
     assert set(m["models"]) == {"sft_continued", "mcle_official"}
     assert m["models"]["mcle_official"]["consistency_judge"].endswith("(proxy)")
     assert m["n_train"] == 3
+
+def test_mcle_study_smoke(tmp_path):
+    "The variants x seeds study notebook: one shared baseline, every (model, seed) summarised."
+    params = {**SMOKE, "run_name": "study_smoke", "seeds": [0, 1], "variants": ["multilevel"]}
+    out = _papermill(tmp_path, params, "mcle_study.ipynb")
+    s = json.loads((out/"study.json").read_text())
+    assert set(s) == {"baseline", "sft_continued", "mcle_multilevel"}
+    for name in ("sft_continued", "mcle_multilevel"):
+        acc = s[name]["accuracy"]
+        assert len(acc["values"]) == 2 and abs(acc["mean"] - sum(acc["values"]) / 2) < 1e-9
+        assert any(k.startswith("accuracy[") for k in s[name])
+    assert len(s["baseline"]["accuracy"]["values"]) == 1
+    assert (out/"figures"/"study_bars.png").exists() and (out/"seed1"/"mcle_multilevel"/"generations.jsonl").exists()
