@@ -61,4 +61,7 @@ def test_mcle_study_smoke(tmp_path):
         assert len(acc["values"]) == 2 and abs(acc["mean"] - sum(acc["values"]) / 2) < 1e-9
         assert any(k.startswith("accuracy[") for k in s[name])
     assert len(s["baseline"]["accuracy"]["values"]) == 1
+    paired = json.loads((out/"paired.json").read_text())
+    assert {p["key"] for p in paired} == {"supports_answer", "correct"} and {p["model"] for p in paired} == {"mcle_multilevel"}
+    assert all(p["n_items"] == 6 and p["ci95"][0] <= p["delta"] <= p["ci95"][1] for p in paired)
     assert (out/"figures"/"study_bars.png").exists() and (out/"seed1"/"mcle_multilevel"/"generations.jsonl").exists()
