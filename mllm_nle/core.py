@@ -79,13 +79,12 @@ def load_config(cls, path: str | Path | None = None, **overrides):
     config_from_dict(cls, d, str(path) if path else "<defaults>")  # fail on the file's own errors first
     return config_from_dict(cls, {**d, **overrides}, f"{path or '<defaults>'} + overrides" if overrides else str(path))
 
-# %% ../nbs/00_core.ipynb #1a94e678
-def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
-    "Seed python, numpy and torch; return a `torch.Generator` for the data order."
+# %% ../nbs/00_core.ipynb #6bc5a449
+def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
+    "Seed python, numpy and torch (and every GPU); `deterministic` asks torch for deterministic kernels."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     if deterministic: torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #912a8f74
 def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:

@@ -4,8 +4,9 @@ import json
 import pytest
 
 from mllm_nle.amber import (amber_discriminative, amber_generative, load_amber, nlp_components,
-                            nlp_unavailable_reason, normalize_responses, yes_no)
+                            nlp_unavailable_reason, normalize_responses)
 from mllm_nle.core import DataFileError, shared_data
+from mllm_nle.grammar import yes_no
 
 AMBER = shared_data("amber")
 GENS = shared_data("dgpref-published", "generations")
@@ -113,7 +114,10 @@ def test_published_file_dict_equals_list_form(amber, nlp):
 # ---- discriminative ---------------------------------------------------------------------------
 
 def test_yes_no_parsing():
-    assert [yes_no(s) for s in ["Yes", "No.", " no, it is not", "YES!", "Maybe", ""]] == ["yes", "no", "no", "yes", None, None]
+    "AMBER reads the first word (grammar.yes_no's 'first_word' rule); POPE's 'anywhere' rule reads more."
+    texts = ["Yes", "No.", " no, it is not", "YES!", "Maybe", "", "There is no dog", "I can't tell"]
+    assert [yes_no(s, "first_word") for s in texts] == ["yes", "no", "no", "yes", None, None, None, None]
+    assert [yes_no(s, "anywhere") for s in texts] == ["yes", "no", "no", "yes", None, None, "no", "no"]
 
 
 @needs_data

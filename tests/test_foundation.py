@@ -1,5 +1,5 @@
-"The foundation: the drift check catches hand edits, and every params file parses."
-import os, shutil, subprocess, sys
+"The foundation: the drift check catches hand edits, every params file parses, and the lower layers import only downwards."
+import ast, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
 
@@ -49,3 +49,24 @@ def test_drift_check_fails_on_unexported_notebook_edit(repo_copy):
 @pytest.mark.parametrize("path", sorted((ROOT/"params").glob("*.yaml")), ids=lambda p: p.name)
 def test_params_files_are_mappings(path):
     assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+# The bottom of the layer order: core -> grammar -> world -> world_data -> models -> data -> metrics ...
+LOWER_LAYERS = ["core", "grammar", "world", "world_data"]
+
+def _package_imports(module: str) -> set[str]:
+    "Modules of the package that `mllm_nle/<module>.py` imports anywhere (top level or inside functions)."
+    tree, out = ast.parse((ROOT/"mllm_nle"/f"{module}.py").read_text()), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1: out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif (node.module or "").startswith("mllm_nle"):
+                out |= {node.module.split(".")[1]} if "." in node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mllm_nle.")}
+    return out
+
+@pytest.mark.parametrize("module", LOWER_LAYERS)
+def test_lower_layers_import_only_downwards(module):
+    below = set(LOWER_LAYERS[:LOWER_LAYERS.index(module)])
+    assert _package_imports(module) <= below, f"{module} imports {sorted(_package_imports(module) - below)}, above it"

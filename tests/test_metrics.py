@@ -5,8 +5,16 @@ import pytest
 
 from mllm_nle.core import load_json, shared_data
 from mllm_nle import metrics as M
+from mllm_nle import world
+from mllm_nle.grammar import parse_nle
 
 java = pytest.mark.skipif(shutil.which("java") is None, reason="java not installed")
+
+
+def needs_shared(*parts):
+    "Skip a test that reads `../shared/data/<parts>` when that file is absent (a fresh clone)."
+    p = shared_data(*parts)
+    return pytest.mark.skipif(not p.exists(), reason=f"shared data not found: {p}")
 
 
 @java
@@ -22,11 +30,25 @@ def test_caption_scores_ptb_meteor_multiref():
     assert perfect["METEOR"] > 0.9 and perfect["BLEU-1"] is None
 
 
-def test_spice_never_zero():
-    s = M.caption_scores(["a b"], [["a b"]], metrics=("spice",), tokenizer="simple")
+def test_spice_never_zero(monkeypatch):
+    "SPICE that cannot run (no CoreNLP jars here) is None with the reason under 'unavailable', never 0.0."
+    preds, refs = ["a man rides a horse"], [["a man rides a horse", "a person on a horse"]]
     ok, why = M.spice_status()
-    if ok: assert s["SPICE"] is not None
-    else: assert s["SPICE"] is None and s["unavailable"]["SPICE"] == why
+    s = M.caption_scores(preds, refs, metrics=("spice",), tokenizer="simple")
+    if ok: assert isinstance(s["SPICE"], float) and "SPICE" not in s["unavailable"]
+    else: assert s["SPICE"] is None and s["unavailable"]["SPICE"] == why and why != "ok"
+    # the unavailable branch, whatever this machine has
+    monkeypatch.setattr(M, "spice_status", lambda: (False, "CoreNLP jars missing (test)"))
+    s = M.caption_scores(preds, refs, metrics=("bleu", "spice"), tokenizer="simple")
+    assert s["SPICE"] is None and s["SPICE"] != 0.0 and s["unavailable"]["SPICE"] == "CoreNLP jars missing (test)"
+    assert s["BLEU-1"] == pytest.approx(1.0)        # the other metrics still run
+    r = M.nle_scores(["Because a man rides a horse. So the answer is yes."], ["yes"],
+                     [["Because a man rides a horse. So the answer is yes"]], metrics=("bleu", "spice"), tokenizer="simple")
+    for part in ("unfiltered", "filtered"):
+        assert r[part]["SPICE"] is None and r[part]["unavailable"]["SPICE"] == "CoreNLP jars missing (test)"
+    # not requested is not zero either
+    s = M.caption_scores(preds, refs, metrics=("bleu",), tokenizer="simple")
+    assert s["SPICE"] is None and s["unavailable"]["SPICE"] == "not requested"
 
 
 def test_nle_scores_edge_cases():
@@ -42,15 +64,17 @@ def test_nle_scores_edge_cases():
     assert none["filtered"]["n"] == 0 and none["filtered"]["BLEU-1"] is None and "BLEU-1" in none["filtered"]["unavailable"]
 
 
+@needs_shared("vqax-test.json")
 def test_vqax_reference_parsing_and_accuracy():
     items = load_json(shared_data("vqax-test.json"))[:200]
     for it in items:
         for ref in it["response"]:
-            p = M.parse_nle(ref)
+            p = parse_nle(ref)
             assert p.parsed and M.answer_accuracy(p.answer, it["answer"]) == 1.0, ref
             assert p.explanation and not p.explanation.lower().startswith("because")
 
 
+@needs_shared("dgpref-published", "mmhal-reviews")
 def test_mmhal_published_reviews_match_reference_table():
     d = shared_data("dgpref-published", "mmhal-reviews")
     llava = M.mmhal_scores(load_json(d / "llava-dgpref_mmhal_gpt4-reviews.json"))
@@ -59,6 +83,7 @@ def test_mmhal_published_reviews_match_reference_table():
     assert (qwen["n"], round(qwen["score"], 2), round(qwen["hallucination_rate"], 3)) == (95, 3.19, 0.337)
 
 
+@needs_shared("dgpref-published", "generations", "llava-dgpref_objhal.json")
 def test_chair_on_published_objhal_generations():
     gens = load_json(shared_data("dgpref-published", "generations", "llava-dgpref_objhal.json"))
     caps = list(gens.values())[:50]
@@ -93,8 +118,6 @@ def test_world_consistency_plumbing(monkeypatch):
 
 
 def test_world_consistency_on_real_world():
-    world = pytest.importorskip("mllm_nle.world")
-    if not hasattr(world, "check_explanation"): pytest.skip("world.check_explanation not written yet")
     import random
     rng = random.Random(0)
     scenes = world.make_scenes(12, seed=0)
@@ -111,7 +134,6 @@ def test_world_consistency_on_real_world():
 
 
 def test_chair_on_world_vocabulary():
-    world = pytest.importorskip("mllm_nle.world")
     table = M.world_synonyms()
     scene = world.make_scenes(1, seed=3)[0]
     gt = M.scene_objects(scene)
