@@ -5,7 +5,7 @@
     python bench/train_throughput.py --compile --out outputs/bench/train_throughput.json
     python bench/train_throughput.py --tiny --device cpu     # end-to-end smoke run (< 1 min on a laptop CPU)
 
-Two steps are measured, each in two configurations.
+Two steps are measured, each in three configurations.
 
 * MCLE signed-SFT step: `batch` samples, each a 448x448 image (256 merged visual tokens) + 80 text
   tokens (30 prompt, 50 response), loss = -mean_i(ratio_i * mean response log-prob_i).
@@ -21,7 +21,14 @@ policy and reference, chosen and rejected).
 ours (mllm_nle.models / mllm_nle.train): LoRA on the language model only, vision frozen and run under
 no_grad once per distinct image (DPO: once per step, shared by policy and reference), no gradient
 checkpointing, LM head only on response positions (`models.sequence_logps`,
-`train.policy_and_reference_logps`); optional `torch.compile` of the decoder layers.
+`train.policy_and_reference_logps`); optional `torch.compile` of the decoder layers. Timed with a
+hand-written AdamW loop, so it is the raw step.
+
+engine: the same model setup as `ours`, but the step a user actually gets: `train.MethodTrainer` (the
+Hugging Face Trainer: accelerate's backward, gradient clipping, AdamW, scheduler, logging) running a
+`train.Method` (MCLE: signed token-mean NLL on `logps`; DPO: a live reference through the method's
+shared vision pass). The collator hands over the prepared batch, so data loading is not timed. The
+difference between `engine` and `ours` is the engine's overhead.
 
 Model FLOPs (for utilisation) count only the useful work, identically for both configurations:
 6 * N_llm * tokens (+ attention 12 * L * H * T^2 per row) for trained passes, 2 * N_llm * tokens for the
@@ -195,11 +202,45 @@ def peak_tflops(device, override):
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+class _StepClock:
+    "A TrainerCallback timing the steps after `warmup`."
+    def __init__(self, warmup, device): self.warmup, self.device, self.n, self.t0 = warmup, device, 0, None
+    def __getattr__(self, name): return lambda *a, **k: None   # every other callback event: nothing
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.warmup: sync(self.device); self.t0 = time.perf_counter()
+    def on_step_end(self, args, state, control, **kw):
+        if self.t0 is not None: self.n += 1
+    def on_train_end(self, args, state, control, **kw): sync(self.device); self.t1 = time.perf_counter()
+
+
+def engine_seconds(which, model, batch, ratios, device, a, out_dir):
+    "Seconds per step of `train.MethodTrainer` running a `train.Method` on `batch`, after `a.warmup` steps."
+    from mllm_nle import train
+    if which == "mcle":
+        method = train.Method("bench-mcle", lambda mean_logps, ratios: (-(ratios * mean_logps).mean(), {}),
+                              lambda b, f: dict(mean_logps=f["logps"].mean, ratios=ratios))
+    else:
+        def dpo(pol, ref, beta=0.1):
+            n = pol.shape[0] // 2
+            return -F.logsigmoid(beta * ((pol[:n] - pol[n:]) - (ref[:n] - ref[n:]))).mean(), {}
+        method = train.Method("bench-dpo", dpo, lambda b, f: dict(pol=f["logps"].sum, ref=f["ref_logps"].sum), reference="live")
+    steps = a.warmup + a.iters
+    args = train.make_training_args(out_dir, max_steps=steps, per_device_train_batch_size=1, learning_rate=1e-5,
+                                    lr_scheduler_type="constant", warmup_steps=0, report_to="none", save_strategy="no",
+                                    logging_steps=10_000, disable_tqdm=True, dataloader_num_workers=0,
+                                    bf16=device.type == "cuda", use_cpu=device.type != "cuda")
+    clock = _StepClock(a.warmup, device)
+    tr = train.MethodTrainer(model=model, args=args, method=method, data_collator=lambda items: batch,
+                             train_dataset=[0] * steps, callbacks=[clock])
+    tr.train()
+    return (clock.t1 - clock.t0) / max(1, clock.n)
+
+
 def measure(kind, which, spec, device, dtype, a, rows):
     "Build a fresh model in configuration `kind`, time `which` step at `rows` rows; return a result dict."
     gen = torch.Generator().manual_seed(0)
     model = build_model(spec, device, dtype, a.attn)
-    model = setup_seed_style(model) if kind == "seed" else setup_ours(model, a.compile)
+    model = setup_seed_style(model) if kind == "seed" else setup_ours(model, a.compile)   # engine: ours
     params = [p for p in model.parameters() if p.requires_grad]
     if which == "mcle":
         n_img = rows if kind == "seed" or a.images_per_batch is None else a.images_per_batch
@@ -213,8 +254,13 @@ def measure(kind, which, spec, device, dtype, a, rows):
         flops = model_flops(spec, model, 2 * rows, 180, rows, 150, reference_passes=1)
     if device.type == "cuda": torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(device)
     try:
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            s = time_steps(step, params, device, a.warmup, a.iters)
+        if kind == "engine":
+            import tempfile
+            with tempfile.TemporaryDirectory() as d:
+                s = engine_seconds(which, model, batch, ratios if which == "mcle" else None, device, a, d)
+        else:
+            with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                s = time_steps(step, params, device, a.warmup, a.iters)
     finally:
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         del model, params, batch; gc.collect()
@@ -248,7 +294,7 @@ def main(argv=None):
                    help="distinct images in our MCLE batch (default: one per sample; MCLE negatives share images)")
     p.add_argument("--warmup", type=int, default=2); p.add_argument("--iters", type=int, default=5)
     p.add_argument("--attn", default="sdpa"); p.add_argument("--compile", action="store_true")
-    p.add_argument("--steps", default="mcle,dpo"); p.add_argument("--configs", default="seed,ours")
+    p.add_argument("--steps", default="mcle,dpo"); p.add_argument("--configs", default="seed,ours,engine")
     p.add_argument("--skip-max-batch", action="store_true", help="skip the search for the largest MCLE batch of ours that fits (GPU)")
     p.add_argument("--max-batch-cap", type=int, default=1024)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for utilisation (default: by GPU name)")
@@ -272,6 +318,7 @@ def main(argv=None):
                   f"peak {peak}  {r['tflops']:.3f} TFLOP/s  MFU {mfu}", flush=True)
         by = {r["config"]: r for r in results if r["step"] == which}
         if {"seed", "ours"} <= set(by): print(f"{which}: ours / seed-style = {by['ours']['per_s'] / by['seed']['per_s']:.2f}x")
+        if {"seed", "engine"} <= set(by): print(f"{which}: engine / seed-style = {by['engine']['per_s'] / by['seed']['per_s']:.2f}x")
     summary = dict(device=name, tiny=a.tiny, results=results)
     if not a.skip_max_batch:
         if device.type != "cuda": print("largest batch: n/a (needs a GPU)")

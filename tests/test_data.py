@@ -12,7 +12,8 @@ from mllm_nle import data as D
 
 DEMO = shared_data("mcle-demo")
 MCM = shared_data("mcm-dpo-samples")
-pytestmark = pytest.mark.skipif(not DEMO.exists(), reason="shared real data not present")
+# Only the tests that read ../shared/data skip without it; the others (the world's files, JSON errors) always run.
+needs_shared = pytest.mark.skipif(not DEMO.exists(), reason=f"shared real data not present ({DEMO.parent})")
 
 
 @pytest.fixture
@@ -30,6 +31,7 @@ def write(path, rows, jsonl=False):
 
 # ---- the real files load ---------------------------------------------------------------------
 
+@needs_shared
 def test_real_mcle_and_vqax():
     tr, rep = D.load_mcle_train(DEMO/"train.json", image_root=DEMO, check_images=True)
     assert rep.loaded == 3 and rep.n_skipped == 0
@@ -42,6 +44,7 @@ def test_real_mcle_and_vqax():
     assert all(len(r["references"]) == 3 and r["prompt"] == r["question"] for r in full)
 
 
+@needs_shared
 @pytest.mark.parametrize("plat", ["twitter", "pinterest"])
 def test_real_mcmdpo(plat):
     base = MCM/plat
@@ -55,15 +58,16 @@ def test_real_mcmdpo(plat):
         D.load_mcmdpo_train(base/f"{plat}_train.json")
 
 
+@needs_shared
 def test_real_amber():
-    gen, rep = D.load_amber(split="generative")
+    gen, rep = D.load_amber_queries(split="generative")
     assert rep.loaded == 1004 and all(isinstance(r["truth"], list) and r["type"] == "generative" for r in gen)
-    disc, rep = D.load_amber(split="discriminative")
+    disc, rep = D.load_amber_queries(split="discriminative")
     assert rep.loaded == 14216 and {r["truth"] for r in disc} == {"yes", "no"}
     assert "discriminative-hallucination" in {r["type"] for r in disc}
     with pytest.raises(DataFileError, match="image file not found"):  # the images are the user's
-        D.load_amber(split="generative", image_root=shared_data("amber"))
-    recs, rep = D.load_amber(split="generative", image_root=shared_data("amber"), on_error="skip")
+        D.load_amber_queries(split="generative", image_root=shared_data("amber"))
+    recs, rep = D.load_amber_queries(split="generative", image_root=shared_data("amber"), on_error="skip")
     assert rep.loaded == 0 and rep.skipped["image: image file not found"] == 1004
 
 
@@ -75,6 +79,7 @@ def test_missing_file(tmp_path):
             fn(tmp_path/"nope.json", on_error="skip")  # a missing file is never skippable
 
 
+@needs_shared
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_image(demo, damage):
     img = demo/"train"/"demo_train.jpg"; raw = img.read_bytes()
@@ -88,6 +93,7 @@ def test_corrupt_image(demo, damage):
     assert "image not decodable" in str(rep)
 
 
+@needs_shared
 def test_missing_image(demo):
     (demo/"val"/"demo_val.jpg").unlink()
     with pytest.raises(DataFileError, match=r"test.json: record 0: field 'image': image file not found: 'dataset/NLE/Demo/val/demo_val.jpg'; tried"):
@@ -96,6 +102,7 @@ def test_missing_image(demo):
     assert rep.loaded == 0 and rep.n_skipped == 1
 
 
+@needs_shared
 def test_non_utf8(tmp_path):
     rows = json.loads((DEMO/"train.json").read_text())
     p = tmp_path/"latin.json"
@@ -118,6 +125,7 @@ def test_non_utf8(tmp_path):
     assert D.load_mcle_train(s, image_root=DEMO, on_error="skip")[1].loaded == 2
 
 
+@needs_shared
 def test_duplicate_ids(tmp_path):
     rows = json.loads(shared_data("vqax-test.json").read_text())[:4]
     rows[3]["image_id"] = rows[1]["image_id"]
@@ -136,6 +144,7 @@ def _word_tokenizer(texts):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
 
 
+@needs_shared
 def test_prompt_too_long():
     base = MCM/"twitter"
     recs, _ = D.load_mcmdpo_test(base/"twitter_test.json", image_root=base/"image"/"twitter_test")
@@ -151,6 +160,7 @@ def test_prompt_too_long():
         D.load_mcmdpo_test(base/"twitter_test.json", max_prompt_tokens=3)
 
 
+@needs_shared
 @pytest.mark.parametrize("field,value,msg", [
     ("ratio", 0, "field 'ratio': is zero"), ("ratio", float("nan"), "field 'ratio': not finite"),
     ("ratio", "1", "field 'ratio': wrong type"), ("response", "  ", "field 'response': empty text"),
@@ -166,6 +176,7 @@ def test_mcle_field_errors(tmp_path, field, value, msg):
     assert (rep.loaded, rep.n_skipped) == (2, 1) and [r["weight"] for r in recs] == [1.0, -1.0]
 
 
+@needs_shared
 def test_mcmdpo_errors(tmp_path):
     rows = json.loads((MCM/"pinterest"/"pinterest_train.json").read_text())
     rows[2]["chosen"] = "something else"          # top-level copy disagrees with `text`
@@ -178,6 +189,7 @@ def test_mcmdpo_errors(tmp_path):
     assert rep.loaded == 8 and rep.skipped["text: invalid JSON string"] == 1
 
 
+@needs_shared
 def test_preferences_json_and_jsonl(tmp_path):
     img = str(DEMO/"train"/"demo_train.jpg")
     rows = [dict(id="a", image=img, prompt="Describe.", chosen="A lighthouse.", rejected="A ship.", chosen_claims=["lighthouse"]),
@@ -194,6 +206,7 @@ def test_preferences_json_and_jsonl(tmp_path):
     assert rep.loaded == 0 and rep.skipped["rejected: same as chosen"] == 1
 
 
+@needs_shared
 def test_llava_and_hacl(tmp_path):
     img = "train/demo_train.jpg"
     conv = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A lighthouse."}]
@@ -213,130 +226,10 @@ def test_llava_and_hacl(tmp_path):
 
 # ---- collators, both tiny families -----------------------------------------------------------
 
-FAMILIES = ["qwen2_5_vl", "llava"]
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def proc(request):
-    models = pytest.importorskip("mllm_nle.models")
-    return models.tiny_backbone(request.param).processor
-
-
-def n_images(batch):
-    "How many distinct images the batch's pixel_values hold."
-    return len(batch["image_grid_thw"]) if "image_grid_thw" in batch else len(batch["pixel_values"])
-
-
-def trained(proc, batch, row):
-    m = batch["labels"][row] != -100
-    return proc.tokenizer.decode(batch["input_ids"][row][m].tolist(), skip_special_tokens=False)
-
-
-def test_mcle_collator(proc):
-    from mllm_nle.models import end_of_turn
-    tr, _ = D.load_mcle_train(DEMO/"train.json", image_root=DEMO)
-    assert "levels" not in D.MCLECollator(proc)(tr)  # the real file names no levels
-    tr = [dict(r, level=l) for r, l in zip(tr, ("positive", "semantic", "instance"))]
-    other = dict(tr[0], id="x", image=str(DEMO/"val"/"demo_val.jpg"), group="g2", level="image", weight=-0.5)
-    b = D.MCLECollator(proc)(tr + [other])
-    assert b["weights"].tolist() == [1.0, -1.0, -1.0, -0.5]
-    assert b["levels"].tolist() == [D.LEVELS.index(l) for l in ("positive", "semantic", "instance", "image")]
-    assert b["groups"].tolist() == [0, 0, 0, 1] and b["image_index"].tolist() == [0, 0, 0, 1] and n_images(b) == 2
-    for i, r in enumerate(tr + [other]):
-        assert trained(proc, b, i).strip() == r["response"] + end_of_turn(proc)
-    # nothing before the response is trained, padding included
-    for i in range(4):
-        lab = b["labels"][i]; first = int((lab != -100).nonzero()[0])
-        assert (lab[:first] == -100).all() and (lab[first:][b["attention_mask"][i][first:] == 0] == -100).all()
-
-
-def test_preference_collator(proc):
-    img = str(DEMO/"train"/"demo_train.jpg")
-    recs = [dict(id=str(k), image=img, prompt="Describe.", chosen=f"A lighthouse {k}.", rejected=f"A ship {k}.",
-                 ref_chosen_logp=-1.0 - k, ref_rejected_logp=-2.0 - k) for k in range(3)]
-    b = D.PreferenceCollator(proc)(recs)
-    assert b["n_pairs"] == 3 and len(b["input_ids"]) == 6 and n_images(b) == 1
-    assert [trained(proc, b, i).split(".")[0].strip() for i in range(6)] == [f"A lighthouse {k}" for k in range(3)] + [f"A ship {k}" for k in range(3)]
-    assert b["ref_chosen_logp"].tolist() == [-1.0, -2.0, -3.0] and b["ref_rejected_logp"].tolist() == [-2.0, -3.0, -4.0]
-
-
-def _mcm():
-    base = MCM/"twitter"
-    return D.load_mcmdpo_train(base/"twitter_train.json", image_root=base/"image"/"twitter_train")[0]
-
-
-def test_mcmdpo_collator(proc):
-    recs = _mcm()
-    coll = D.MCMDPOCollator(proc, pool=recs, seed=3)
-    b = coll(recs[:2])
-    assert b["n_pairs"] == 2 and len(b["input_ids"]) == 16 and n_images(b) == 4  # 2 clean + 2 noised
-    assert b["image_index"].tolist() == [0, 1, 0, 1, 2, 3, 2, 3] * 2
-    for k, cond in enumerate(D.MCM_CONDITIONS):
-        c, m, y = (p.endswith("_l") for p in cond.split())
-        for j in range(2):
-            t = trained(proc, b, 2 * k + j)
-            assert (recs[j]["rejected"] if y else recs[j]["chosen"]) in t
-            own_context = recs[j]["context"][:30] in proc.tokenizer.decode(b["input_ids"][2 * k + j])
-            assert own_context == (not c), (cond, j)
-    # deterministic: same seed -> same negatives (another instance, another call); other seed -> other noise
-    b2 = D.MCMDPOCollator(proc, pool=recs, seed=3)(recs[:2])
-    assert torch.equal(b["pixel_values"], b2["pixel_values"]) and torch.equal(b["input_ids"], b2["input_ids"])
-    b3 = D.MCMDPOCollator(proc, pool=recs, seed=4)(recs[:2])
-    assert not torch.equal(b["pixel_values"], b3["pixel_values"])
-    # precomputed reference log-probs (one per condition) come out in row order
-    withref = [dict(r, ref_logps=[10.0 * j + k for k in range(8)]) for j, r in enumerate(recs[:2])]
-    assert coll(withref)["ref_logps"].tolist() == [10.0 * j + k for k in range(8) for j in range(2)]
-    assert "ref_logps" not in b
-    # without a pool the batch supplies the context negatives: each record gets the other's question
-    q = D.MCMDPOCollator(proc).negatives(recs[0], recs[:2])[0]
-    assert q == recs[1]["question"]
-    with pytest.raises(ValueError, match="no other question"):
-        D.MCMDPOCollator(proc)(recs[:1])
-
-
-@pytest.mark.parametrize("kind", ["black", "crop", "rotate", "random"])
-def test_mcmdpo_image_negatives(kind):
-    recs = _mcm()
-    models = pytest.importorskip("mllm_nle.models")
-    proc = models.tiny_backbone("llava").processor
-    coll = D.MCMDPOCollator(proc, pool=recs, image_negative=kind)
-    q, m_l = coll.negatives(recs[0], recs)
-    clean = coll.image(recs[0])
-    assert m_l.size == clean.size or kind == "random"
-    assert not np.array_equal(np.asarray(m_l), np.asarray(clean))
-    if kind == "black": assert np.asarray(m_l).max() == 0
-    assert len(coll(recs[:2])["input_ids"]) == 16
-
-
-def test_hacl_collator(proc):
-    img = str(DEMO/"train"/"demo_train.jpg")
-    recs = [dict(id="a", image=img, prompt="Describe.", response="A lighthouse.", caption="A lighthouse.", hallucinated=["A ship."]),
-            dict(id="b", image=img, prompt="Describe.", response="A tall tower.", caption="A tall tower.", hallucinated=["A short tower.", "A red tower."])]
-    h = D.HACLCollator(proc)(recs)
-    assert n_images(h["lm"]) == 1 and h["lm"]["image_index"].tolist() == [0, 0]
-    assert h["n_hallucinated"].tolist() == [1, 2] and h["hallucinated_index"].tolist() == [0, 1, 1]
-    assert len(h["captions"]["input_ids"]) == 2 and len(h["hallucinated"]["input_ids"]) == 3
-    for k, s in enumerate(["A ship.", "A short tower.", "A red tower."]):
-        assert trained(proc, h["hallucinated"], k) == s + proc.tokenizer.eos_token
-
-
-def test_image_grouped_batches():
-    recs = [dict(image=f"img{k % 4}") for k in range(12)]
-    batches = D.image_grouped_batches(recs, 6, seed=1)
-    assert sorted(i for b in batches for i in b) == list(range(12))
-    assert all(len(b) <= 6 for b in batches)
-    # each image's records sit in one batch
-    where = {}
-    for n, b in enumerate(batches):
-        for i in b: where.setdefault(recs[i]["image"], set()).add(n)
-    assert all(len(v) == 1 for v in where.values())
-    assert batches == D.image_grouped_batches(recs, 6, seed=1) and batches != D.image_grouped_batches(recs, 6, seed=2)
-
-
 # ---- the synthetic world's files load with the same loaders ----------------------------------
 
 def test_world_files_load(tmp_path):
-    W = pytest.importorskip("mllm_nle.world")
+    from mllm_nle import world_data as W
     kw = dict(image_root=tmp_path, check_images=True)
     W.write_vqax(tmp_path, n_train=6, n_test=4, seed=0)
     tr, rep = D.load_mcle_train(tmp_path/"train.json", **kw)
@@ -360,7 +253,7 @@ def test_world_files_load(tmp_path):
     assert D.load_objhal(b/"objhal.jsonl", **kw)[1].loaded == 4
     pope, rep = D.load_pope(b/"pope"/"adversarial.jsonl", **kw)
     assert rep.loaded > 0 and {r["label"] for r in pope} <= {"yes", "no"}
-    amb, rep = D.load_amber(b/"amber", split="all", **kw)
+    amb, rep = D.load_amber_queries(b/"amber", split="all", **kw)
     assert rep.n_skipped == 0 and sum(r["type"] == "generative" for r in amb) == 4
     assert D.load_vqax_test(b/"vqax_test.json", **kw)[1].loaded == 4
 

@@ -8,16 +8,25 @@ SMOKE = dict(run_name="smoke", n_train=24, n_test=6, sft_steps=6, sft_batch_size
              logging_steps=1, max_new_tokens=12, eval_batch_size=6, nle_metrics=["bleu", "rouge", "cider"],
              compare_variants=["official"], gallery_size=2)
 
-def _papermill(tmp_path, params: dict, notebook: str = "mcle_train.ipynb"):
+def _run_papermill(tmp_path, params: dict, notebook: str, extra=()):
     params = {**params, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}
     pf = tmp_path/"params.yaml"; pf.write_text(yaml.safe_dump(params))
     out_nb = tmp_path/"executed.ipynb"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg")
     cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/notebook), str(out_nb), "-f", str(pf),
-           "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+           "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+def _papermill(tmp_path, params: dict, notebook: str = "mcle_train.ipynb"):
+    r = _run_papermill(tmp_path, params, notebook)
     assert r.returncode == 0, r.stderr[-4000:]
     return tmp_path/"outputs"/"mcle"/params["run_name"]
+
+def test_unknown_parameter_is_an_error_naming_it(tmp_path):
+    "papermill -p stepz 3: the first cell fails with an error naming `stepz` (nothing trains)."
+    r = _run_papermill(tmp_path, {"run_name": "typo"}, "mcle_train.ipynb", extra=["-p", "stepz", "3"])
+    assert r.returncode != 0 and "stepz" in r.stderr and "unknown parameter" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/"outputs"/"mcle"/"typo"/"metrics.json").exists()
 
 def test_mcle_notebook_smoke(tmp_path):
     out = _papermill(tmp_path, SMOKE)
@@ -52,9 +61,9 @@ def test_mcle_official_demo_files(tmp_path):
 
 def test_mcle_study_smoke(tmp_path):
     "The variants x seeds study notebook: one shared baseline, every (model, seed) summarised."
-    params = {**SMOKE, "run_name": "study_smoke", "seeds": [0, 1], "variants": ["multilevel"]}
+    params = {**SMOKE, "run_name": "study_smoke", "seeds": [0, 1], "variant": "multilevel", "compare_variants": []}
     out = _papermill(tmp_path, params, "mcle_study.ipynb")
-    s = json.loads((out/"study.json").read_text())
+    s = json.loads((out/"study.json").read_text())["summary"]
     assert set(s) == {"baseline", "sft_continued", "mcle_multilevel"}
     for name in ("sft_continued", "mcle_multilevel"):
         acc = s[name]["accuracy"]

@@ -166,12 +166,12 @@ def test_text_only_batches_and_pooled_features(bb, examples):
     assert "pixel_values" not in b and b["image_index"].eq(-1).all()
     with torch.no_grad():
         t = pooled_text(bb.model, b)
-        f = forward_features(bb.model, build_batch(bb.processor, examples), ("image", "hacl", "text"))
+        f = forward_features(bb.model, build_batch(bb.processor, examples), ("image", "image_llm", "text"))
     H = bb.model.config.text_config.hidden_size
     assert t.shape == (len(caps), H) and torch.isfinite(t).all()
-    assert f["image"].shape == f["hacl"].shape == (2, H) and f["text"].shape == (len(examples), H)
+    assert f["image"].shape == f["image_llm"].shape == (2, H) and f["text"].shape == (len(examples), H)
     # HACL's representation depends on the image, and the pooled text on the text
-    assert not torch.allclose(f["hacl"][0], f["hacl"][1]) and not torch.allclose(t[0], t[1])
+    assert not torch.allclose(f["image_llm"][0], f["image_llm"][1]) and not torch.allclose(t[0], t[1])
 
 
 def test_generation_greedy_deterministic_with_adapter(bb, examples):

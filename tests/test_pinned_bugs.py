@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mllm_nle import data, metrics, models
+from mllm_nle import metrics, models
 from mllm_nle.core import seed_everything
 from mllm_nle.losses import hacl_contrastive_loss
-from mllm_nle.train import policy_and_reference_logps, reference_logps, toy_records
+from mllm_nle.recipes.dgpref import PreferenceCollator, toy_records
+from mllm_nle.train import policy_and_reference_logps, reference_logps
 
 torch.set_num_threads(1)
 
@@ -24,8 +25,8 @@ def lora_and_base(tmp_path_factory):
     "A tiny backbone with a LoRA whose B matrices are non-zero, so adapters on and off really differ."
     seed_everything(0)
     bb = models.tiny_backbone("qwen2_5_vl", "xs")
-    recs = toy_records("preference", 3, tmp_path_factory.mktemp("pref"))
-    batch = data.PreferenceCollator(bb.processor)(recs)
+    recs = toy_records(3, tmp_path_factory.mktemp("pref"))
+    batch = PreferenceCollator(bb.processor)(recs)
     base_logps = models.sequence_logps(bb.model, batch)          # no LoRA at all
     peft = models.add_lora(bb.model, r=4, alpha=8, dropout=0.0)
     g = torch.Generator().manual_seed(0)

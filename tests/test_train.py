@@ -6,11 +6,19 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mllm_nle import data, losses, models
+from dataclasses import replace
+
+from mllm_nle import models
+from mllm_nle import train as T
 from mllm_nle.core import seed_everything
-from mllm_nle.train import (METHODS, BatchTooLargeError, MethodTrainer, attach_reference_logps, build_trainer,
-                            get_method, llm_hidden_size, make_training_args, precompute_reference_logps,
-                            toy_records, train)
+from mllm_nle.recipes import dgpref, hacl, mcle, mcmdpo
+from mllm_nle.train import (METHODS, BatchTooLargeError, attach_reference_logps, build_trainer, get_method, make_training_args,
+                            precompute_reference_logps, train)
+
+TOY = {"sft": T.toy_records, "mcle": mcle.toy_records, "preference": dgpref.toy_records, "mcm_dpo": mcmdpo.toy_records,
+       "hacl": hacl.toy_records}
+
+def toy_records(kind, n, out_dir): return TOY[kind](n, out_dir)
 
 torch.set_num_threads(1)  # the CPU is shared; one intra-op thread avoids oversubscription stalls
 
@@ -52,11 +60,11 @@ def test_each_method_trains(tmp_path, name, opts, kind, bs, terms):
     bb = fresh_backbone()
     bb.model = models.add_lora(bb.model, r=8, alpha=16)
     before = lora_state(bb.model)
-    method = get_method(name, **(opts | ({"hidden_size": llm_hidden_size(bb)} if name == "hacl" else {})))
+    method = get_method(name, **opts)
+    if name == "mcle": bs //= 3   # MCLE batches count whole groups (a positive and two negatives)
+    tr = build_trainer(method, bb, toy_records(kind, 6, tmp_path), quick_args(tmp_path / "run", per_device_train_batch_size=bs))
     extra_before = {n: p.detach().clone() for m in method.modules.values() for n, p in m.named_parameters()}
-    group_by = "group" if kind == "mcle" else None
-    tr = train(method, bb, toy_records(kind, 6, tmp_path), quick_args(tmp_path / "run", per_device_train_batch_size=bs),
-               group_by=group_by)
+    tr.train()
     logs = [h for h in tr.state.log_history if "loss" in h]
     assert len(logs) == 3
     for h in logs:
@@ -69,17 +77,20 @@ def test_each_method_trains(tmp_path, name, opts, kind, bs, terms):
         assert not torch.equal(extra_before[n], extra_after[n]), f"{n} did not change"
 
 
-def test_mcle_grouping_keeps_negatives_with_their_image(tmp_path):
+def test_mcle_batches_hold_whole_groups(tmp_path):
+    "A batch of 2 groups holds both groups whole: 6 rows, every negative with its positive, none unpaired."
     bb = fresh_backbone()
-    recs = toy_records("mcle", 9, tmp_path)
+    recs = [r for r in toy_records("mcle", 9, tmp_path)]
     seen = []
-    collator = data.MCLECollator(bb.processor)
+    collator = mcle.MCLECollator(bb.processor)
     def spy(records):
         seen.append([r["group"] for r in records]); return collator(records)
-    tr = build_trainer(get_method("mcle"), bb, recs, quick_args(tmp_path / "g", per_device_train_batch_size=3),
-                       collator=spy, group_by="group", lora=dict(r=4))
+    tr = build_trainer(get_method("mcle", variant="multilevel"), bb, recs,
+                       quick_args(tmp_path / "g", per_device_train_batch_size=2, max_steps=4), collator=spy, lora=dict(r=4))
     tr.train()
-    assert all(len(set(b)) == 1 for b in seen), seen  # each batch of 3 is one image's positive + 2 negatives
+    for b in seen: assert all(b.count(g) == 3 for g in b), seen
+    assert {len(b) for b in seen} <= {3, 6}   # 3 groups: the epoch's last batch holds one
+    assert all(h["mcle/unpaired"] == 0 for h in tr.state.log_history if "mcle/unpaired" in h)
 
 
 def test_gradient_accumulation_matches_a_big_batch(tmp_path):
@@ -111,7 +122,7 @@ def test_kill_and_resume_gives_identical_adapter(tmp_path, group_by):
         bb = fresh_backbone()
         bb.model = models.add_lora(bb.model, r=4, alpha=8, dropout=0.1)   # dropout: the RNG state must be restored
         args = quick_args(out, max_steps=7, save_strategy="steps", save_steps=3, save_total_limit=2, seed=3, data_seed=4)
-        tr = build_trainer(get_method("mcle", variant="bounded"), bb, recs, args, callbacks=callbacks, group_by=group_by)
+        tr = build_trainer(replace(get_method("mcle", variant="bounded"), group_by=group_by), bb, recs, args, callbacks=callbacks)
         tr.train(resume_from_checkpoint=resume)
         return tr, lora_state(bb.model)
     _, full = run(tmp_path / "full")
@@ -127,7 +138,7 @@ def test_reference_logps_roundtrip_and_batch_reference(tmp_path):
     bb = fresh_backbone()
     bb.model = models.add_lora(bb.model, r=4, alpha=8)
     recs = toy_records("preference", 4, tmp_path)
-    col = data.PreferenceCollator(bb.processor)
+    col = dgpref.PreferenceCollator(bb.processor)
     path = precompute_reference_logps(bb.model, recs, col, tmp_path / "ref.json", batch_size=3)
     with_ref = attach_reference_logps(recs, path)
     b = col(recs)
@@ -153,6 +164,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from mllm_nle import models, train as T
 from mllm_nle.core import load_json
+from mllm_nle.recipes import dgpref
 recs = load_json(sys.argv[1])
 bb = models.tiny_backbone("qwen2_5_vl", "xs")
 args = T.make_training_args(sys.argv[2], max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
