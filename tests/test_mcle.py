@@ -61,16 +61,18 @@ def test_mcle_official_demo_files(tmp_path):
 
 def test_mcle_study_smoke(tmp_path):
     "The variants x seeds study notebook: one shared baseline, every (model, seed) summarised."
-    params = {**SMOKE, "run_name": "study_smoke", "seeds": [0, 1], "variant": "multilevel", "compare_variants": []}
+    params = {**SMOKE, "run_name": "study_smoke", "seeds": [0, 1], "variant": "multilevel", "compare_variants": ["multilevel+features"]}
     out = _papermill(tmp_path, params, "mcle_study.ipynb")
     s = json.loads((out/"study.json").read_text())["summary"]
-    assert set(s) == {"baseline", "sft_continued", "mcle_multilevel"}
-    for name in ("sft_continued", "mcle_multilevel"):
+    assert set(s) == {"baseline", "sft_continued", "mcle_multilevel", "mcle_multilevel_features"}
+    for name in ("sft_continued", "mcle_multilevel", "mcle_multilevel_features"):
         acc = s[name]["accuracy"]
         assert len(acc["values"]) == 2 and abs(acc["mean"] - sum(acc["values"]) / 2) < 1e-9
         assert any(k.startswith("accuracy[") for k in s[name])
     assert len(s["baseline"]["accuracy"]["values"]) == 1
     paired = json.loads((out/"paired.json").read_text())
-    assert {p["key"] for p in paired} == {"supports_answer", "correct"} and {p["model"] for p in paired} == {"mcle_multilevel"}
-    assert all(p["n_items"] == 6 and p["ci95"][0] <= p["delta"] <= p["ci95"][1] for p in paired)
+    assert {p["key"] for p in paired} == {"supports_answer", "correct", "explanation_true"}
+    assert {p["model"] for p in paired} == {"mcle_multilevel", "mcle_multilevel_features"}
+    assert json.loads((out/"unpaired.json").read_text()) == {"mcle_multilevel": 0, "mcle_multilevel_features": 0}
+    assert all(p["n_items"] == 6 and p["n_seeds"] == 2 and p["ci95"][0] <= p["delta"] <= p["ci95"][1] for p in paired)
     assert (out/"figures"/"study_bars.png").exists() and (out/"seed1"/"mcle_multilevel"/"generations.jsonl").exists()
