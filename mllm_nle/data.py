@@ -4,23 +4,25 @@
 
 # %% ../nbs/03_data.ipynb #23b79337
 from __future__ import annotations
-import base64, hashlib, io, json, math, re
+import base64, hashlib, io, json, math, re, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .core import DataFileError, shared_data
 
 # %% auto #0
-__all__ = ['MCLE_LEVELS', 'HACL_PROMPT', 'PREF_KEYS', 'LOADERS', 'LoadReport', 'read_records', 'image_candidates',
-           'resolve_image', 'check_image', 'open_image', 'load_mcle_train', 'load_vqax_test', 'strip_image_token',
-           'load_llava', 'load_hacl', 'load_preferences', 'split_context', 'load_mcmdpo_train', 'load_mcmdpo_test',
-           'load_objhal', 'load_pope', 'load_mmhal', 'load_amber_queries', 'load_records', 'Collator', 'SFTCollator',
-           'stable_seed', 'text_batch', 'render_labels', 'trained_text', 'show_batch']
+__all__ = ['MAX_IMAGE_PIXELS', 'MAX_ASPECT_RATIO', 'MCLE_LEVELS', 'HACL_PROMPT', 'PREF_KEYS', 'LOADERS', 'LoadReport',
+           'read_records', 'ImageLimitError', 'image_candidates', 'resolve_image', 'to_rgb', 'check_image',
+           'open_image', 'load_mcle_train', 'load_vqax_test', 'strip_image_token', 'load_llava', 'load_hacl',
+           'load_preferences', 'split_context', 'load_mcmdpo_train', 'load_mcmdpo_test', 'load_objhal', 'load_pope',
+           'load_mmhal', 'load_amber_queries', 'load_records', 'Collator', 'SFTCollator', 'stable_seed', 'text_batch',
+           'render_labels', 'trained_text', 'show_batch']
 
 # %% ../nbs/03_data.ipynb #ab8d0cdc
 @dataclass
@@ -123,6 +125,14 @@ def _texts(rec, name, min_len=1) -> list[str]:
     return list(v)
 
 # %% ../nbs/03_data.ipynb #d8247c35
+MAX_IMAGE_PIXELS = 40_000_000   # default pixel limit: 40 megapixels (e.g. 7300x5500), 120 MB as RGB
+MAX_ASPECT_RATIO = 200          # Qwen2.5-VL's processor refuses a longer side over 200x the shorter
+
+class ImageLimitError(DataFileError):
+    "An image refused before decoding: `{name}: {reason}: {detail}`, `reason` (e.g. 'image too large') a key for skip reports."
+    def __init__(self, name, reason: str, detail: str):
+        super().__init__(f"{name}: {reason}: {detail}"); self.reason, self.detail = reason, detail
+
 def image_candidates(path: str, image_root=None) -> list[Path]:
     "Where `path` may live: itself if absolute, else `image_root` joined with each suffix of `path`."
     p = Path(path)
@@ -139,21 +149,61 @@ def resolve_image(path: str, image_root=None, must_exist: bool = True) -> str:
     tried = ", ".join(str(c) for c in cands[:3]) + (f" (+{len(cands)-3} more)" if len(cands) > 3 else "")
     raise _Bad("image", "image file not found", f"{path!r}; tried {tried}")
 
-def check_image(path: str, fld: str = "image"):
-    "Open and fully decode the image at `path`, raising `_Bad` when it is corrupt or truncated."
+
+# %% ../nbs/03_data.ipynb #69b206e9
+def _too_many_pixels(name, n: int, max_pixels, size: str = "") -> ImageLimitError:
+    limit = f"max_image_pixels={max_pixels:,}" if max_pixels else "no max_image_pixels"
+    pil = f"; PIL's process-wide Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS:,} refuses it too" if not max_pixels or n <= max_pixels else ""
+    return ImageLimitError(name, "image too large", f"{size}{n:,} pixels, over {limit}{pil}. Downscale the file, or raise "
+                           "the limit (RunConfig.max_image_pixels, or max_image_pixels= / max_pixels=)")
+
+def _open_limited(src, name, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    "`Image.open(src)` (the header only), refused before any pixel is decoded when over the limits; errors name `name`."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our limit decides, below
+        try: im = Image.open(src)
+        except Image.DecompressionBombError as e:                        # over twice PIL's own limit
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise _too_many_pixels(name, int(n[1]) if n else 0, max_pixels) from None
+        except FileNotFoundError: raise DataFileError(f"{name}: image file not found") from None
+        except Exception as e: raise DataFileError(f"{name}: not a readable image: {type(e).__name__}: {e}") from None
+    w, h = im.size
+    if max_pixels and w * h > max_pixels: im.close(); raise _too_many_pixels(name, w * h, max_pixels, f"{w}x{h} = ")
+    if max(w, h) > MAX_ASPECT_RATIO * max(1, min(w, h)):
+        im.close()
+        raise ImageLimitError(name, "image too elongated", f"{w}x{h}, a longer side over {MAX_ASPECT_RATIO}x the shorter "
+                              "(Qwen2.5-VL's processor refuses it); crop or pad the file")
+    return im
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    "8-bit RGB: 16-bit greyscale scaled by 1/257 (PIL's `convert` would clip it at 255), animations' first frame, the rest through PIL."
+    if getattr(im, "n_frames", 1) > 1: im.seek(0)
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.uint32)
+        im = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+def check_image(path: str, fld: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS):
+    "Refuse an image over the limits, then open and fully decode it, raising `_Bad` when it is refused, corrupt or truncated."
     try:
-        with Image.open(path) as im: im.verify()
-        with Image.open(path) as im: im.load()
+        with _open_limited(path, path, max_pixels) as im: im.verify()
+        with _open_limited(path, path, max_pixels) as im: im.load()
+    except ImageLimitError as e: raise _Bad(fld, e.reason, f"{path}: {e.detail}") from None
     except Exception as e: raise _Bad(fld, "image not decodable", f"{path}: {type(e).__name__}: {e}") from None
 
-def open_image(path_or_record) -> Image.Image:
-    "An RGB `PIL.Image` from a path or a record holding `image` (a path) or `image_b64`."
+def open_image(path_or_record, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    "An 8-bit RGB `PIL.Image` (`to_rgb`) from a path, an image, or a record holding `image` (a path) or `image_b64`."
     r = path_or_record
-    if isinstance(r, dict):
-        if r.get("image_b64"): return Image.open(io.BytesIO(base64.b64decode(r["image_b64"]))).convert("RGB")
-        r = r["image"]
-    if isinstance(r, Image.Image): return r.convert("RGB")
-    with Image.open(r) as im: return im.convert("RGB")
+    if isinstance(r, Image.Image): return to_rgb(r)
+    if isinstance(r, dict) and r.get("image_b64"):
+        name = f"record {r.get('id')!r}: field 'image_b64'"
+        try: src = io.BytesIO(base64.b64decode("".join(r["image_b64"].split()), validate=True))
+        except ValueError as e: raise DataFileError(f"{name}: invalid base64: {e}") from None
+    else: name = src = r["image"] if isinstance(r, dict) else r
+    with _open_limited(src, name, max_pixels) as im:
+        try: return to_rgb(im)
+        except Exception as e: raise DataFileError(f"{name}: image not decodable: {type(e).__name__}: {e}") from None
+
 
 # %% ../nbs/03_data.ipynb #fdcd0276
 def _n_tokens(tokenizer, text: str) -> int:
@@ -161,7 +211,8 @@ def _n_tokens(tokenizer, text: str) -> int:
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
 def _load(path, kind: str, parse: Callable, on_error="raise", image_root=None, require_images=True,
-          check_images=False, tokenizer=None, max_prompt_tokens=None, image_field="image", rows=None, resolve_images=True):
+          check_images=False, tokenizer=None, max_prompt_tokens=None, image_field="image", rows=None, resolve_images=True,
+          max_image_pixels: int | None = MAX_IMAGE_PIXELS):
     "Parse every record of `path` with `parse(rec, i) -> dict`, validating images, ids and prompt lengths."
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if max_prompt_tokens is not None and tokenizer is None: raise ValueError("max_prompt_tokens needs a tokenizer")
@@ -177,7 +228,7 @@ def _load(path, kind: str, parse: Callable, on_error="raise", image_root=None, r
                 r["image"] = resolve_image(r["image"], root, must_exist=require_images)
                 if check_images:  # decode each distinct file once per load
                     if r["image"] not in checked:
-                        try: check_image(r["image"], image_field); checked[r["image"]] = None
+                        try: check_image(r["image"], image_field, max_image_pixels); checked[r["image"]] = None
                         except _Bad as e: checked[r["image"]] = e
                     if checked[r["image"]] is not None: raise checked[r["image"]]
             rid = r["id"]
@@ -437,17 +488,19 @@ def load_records(kind: str, path, **kw):
 # %% ../nbs/03_data.ipynb #af018ae7
 class Collator:
     "Base: opens record images (cached by path) and builds batches with `models.build_batch`."
-    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right", cache_size: int = 1024):
+    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right", cache_size: int = 1024,
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS):
         self.processor, self.max_length, self.padding_side, self.cache_size = processor, max_length, padding_side, cache_size
+        self.max_image_pixels = max_image_pixels
         self._cache: dict = {}
 
     def image(self, rec):
-        "The record's RGB image (or None), cached by path."
+        "The record's RGB image (or None), cached by path; refused over `max_image_pixels` (`open_image`)."
         if rec.get("image") is None and not rec.get("image_b64"): return None
         key = rec.get("image") or rec["id"]
         if key not in self._cache:
             if len(self._cache) >= self.cache_size: self._cache.clear()
-            self._cache[key] = open_image(rec)
+            self._cache[key] = open_image(rec, self.max_image_pixels)
         return self._cache[key]
 
     def example(self, rec, prompt=None, response=None, image=..., image_key=...):

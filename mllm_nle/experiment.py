@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from .core import ConfigError, get_logger, load_config, load_json, load_jsonl, repo_root, save_json, save_jsonl, seed_everything
+from .data import MAX_IMAGE_PIXELS
 
 log = get_logger("mllm_nle.experiment")
 
@@ -33,6 +34,7 @@ class RunConfig:
     backbone: str = "tiny:qwen2_5_vl:xs"
     data_seed: int = 0                 # the synthetic data and the baseline's seed
     on_error: str = "raise"            # or "skip": bad records are counted and reported
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS   # larger images are refused before decoding (data.open_image); None: no limit
     # stage 1: the baseline, all weights trained (0 steps: the backbone is the baseline)
     sft_steps: int = 600
     sft_lr: float = 2e-3
@@ -60,6 +62,8 @@ class RunConfig:
     def __post_init__(self):
         if self.on_error not in ("raise", "skip"): raise ConfigError(f"{type(self).__name__}: on_error must be raise|skip, got {self.on_error!r}")
         if self.steps < 0 or self.sft_steps < 0: raise ConfigError(f"{type(self).__name__}: steps and sft_steps must be >= 0")
+        if self.max_image_pixels is not None and self.max_image_pixels <= 0:
+            raise ConfigError(f"{type(self).__name__}: max_image_pixels must be > 0, or null for no limit")
 
 # %% ../nbs/07a_experiment.ipynb #2a0634be
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -130,8 +134,8 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
         models.set_trainable(bb.model, **(trainable or dict(vision=True, projector=True, llm=True)))
         args = training_args(cfg, d/"checkpoints", cfg.sft_steps, cfg.sft_lr, cfg.sft_batch_size, cfg.data_seed)
         t0 = time.time()
-        trainer = train.MethodTrainer(model=bb.model, args=args, method=method, data_collator=method.collator(bb.processor),
-                                      train_dataset=list(records))
+        collator = method.collator(bb.processor, max_image_pixels=cfg.max_image_pixels)
+        trainer = train.MethodTrainer(model=bb.model, args=args, method=method, data_collator=collator, train_dataset=list(records))
         trainer.train()
         shutil.rmtree(d/"checkpoints", ignore_errors=True)
         bb.model.save_pretrained(d); bb.processor.save_pretrained(d)
@@ -162,7 +166,8 @@ def train_arm(cfg: RunConfig, base: Path | None, arm: Arm, out_dir: Path, seed: 
     args = training_args(cfg, out_dir/"checkpoints", cfg.steps, cfg.lr, arm.batch_size or cfg.batch_size, seed, cfg.epochs)
     t0 = time.time()
     trainer = train.build_trainer(arm.method(), bb, arm.records, args,
-                                  lora=dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+                                  lora=dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout),
+                                  collator_kw=dict(max_image_pixels=cfg.max_image_pixels))
     trainer.train()
     trainer.save_model(str(out_dir/"adapter"))
     res = {"arm": arm.name, "seed": seed, "adapter": str(out_dir/"adapter"), "seconds": time.time() - t0,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #92d51025
 from __future__ import annotations
-import contextlib, inspect
+import contextlib, hashlib, inspect, json, os, re, shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +18,12 @@ from .core import get_logger, load_json, save_json, DataFileError, ConfigError
 log = get_logger("mllm_nle.train")
 
 # %% auto #0
-__all__ = ['log', 'FEATURES', 'METHODS', 'METHOD_DATA', 'make_training_args', 'compute_features', 'reference_logps',
-           'policy_and_reference_logps', 'batch_reference_logps', 'check_kwargs', 'Method', 'register_method',
-           'get_method', 'group_records', 'GroupCollator', 'BatchTooLargeError', 'MethodTrainer',
-           'precompute_reference_logps', 'attach_reference_logps', 'build_trainer', 'train', 'sft_method', 'toy_images',
-           'toy_answer', 'toy_records']
+__all__ = ['log', 'FEATURES', 'METHODS', 'METHOD_DATA', 'CHECKPOINT_DONE', 'make_training_args', 'compute_features',
+           'reference_logps', 'policy_and_reference_logps', 'batch_reference_logps', 'check_kwargs', 'Method',
+           'register_method', 'get_method', 'group_records', 'GroupCollator', 'CheckpointError',
+           'mark_checkpoint_complete', 'checkpoint_problem', 'last_complete_checkpoint', 'set_aside',
+           'check_checkpoint_fits', 'BatchTooLargeError', 'MethodTrainer', 'precompute_reference_logps',
+           'attach_reference_logps', 'build_trainer', 'train', 'sft_method', 'toy_images', 'toy_answer', 'toy_records']
 
 # %% ../nbs/07_train.ipynb #3a20578c
 def _has_tensorboard() -> bool:
@@ -175,6 +176,118 @@ class GroupCollator:
     def __call__(self, groups) -> dict: return self.collator([r for g in groups for r in g])
     def __getattr__(self, name): return getattr(self.collator, name)
 
+# %% ../nbs/07_train.ipynb #51303a37
+CHECKPOINT_DONE = "checkpoint_complete.json"   # written last into a checkpoint folder: it vouches for the rest
+_LORA_KEYS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "bias", "modules_to_save",
+              "rank_pattern", "alpha_pattern", "layers_to_transform")
+
+class CheckpointError(ConfigError):
+    "A checkpoint that cannot be resumed: torn by a crash, or written for another backbone or LoRA config."
+
+def _checkpoint_step(p: Path) -> int | None:
+    m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+    return int(m[1]) if m else None
+
+def mark_checkpoint_complete(ckpt) -> Path:
+    "Write `CHECKPOINT_DONE` into `ckpt`: its step and the size of every file in it (the last write of a save)."
+    ckpt = Path(ckpt)
+    files = {p.relative_to(ckpt).as_posix(): p.stat().st_size for p in sorted(ckpt.rglob("*"))
+             if p.is_file() and p.name != CHECKPOINT_DONE}
+    return save_json(ckpt / CHECKPOINT_DONE, {"step": _checkpoint_step(ckpt), "files": files})
+
+def checkpoint_problem(ckpt) -> str | None:
+    "Why `ckpt` is not a complete checkpoint (no marker, a file missing or of another size), or None when it is."
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir(): return "no such folder"
+    if not (ckpt / CHECKPOINT_DONE).exists():
+        return f"no {CHECKPOINT_DONE}: its save was interrupted, or it predates these markers"
+    try: files = load_json(ckpt / CHECKPOINT_DONE)["files"]
+    except (DataFileError, KeyError, TypeError) as e: return f"unreadable {CHECKPOINT_DONE}: {e}"
+    for name, size in files.items():
+        p = ckpt / name
+        if not p.is_file(): return f"{name} is missing"
+        if p.stat().st_size != size: return f"{name} has {p.stat().st_size} bytes, {size} when it was saved"
+    return None
+
+def last_complete_checkpoint(output_dir, warn: bool = True) -> tuple[Path | None, list[Path]]:
+    "`(newest complete checkpoint-N in output_dir or None, the torn ones newer than it)`; each torn one is logged."
+    ckpts = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) is not None),
+                   key=_checkpoint_step, reverse=True)
+    torn = []
+    for c in ckpts:
+        why = checkpoint_problem(c)
+        if why is None: return c, torn
+        if warn: log.warning(f"{c} is torn ({why}); falling back to the previous checkpoint")
+        torn.append(c)
+    return None, torn
+
+def set_aside(ckpts) -> list[Path]:
+    "Rename torn checkpoints `checkpoint-N` to `torn-checkpoint-N` (kept, but out of the Trainer's sight)."
+    out = []
+    for c in map(Path, ckpts):
+        dst = c.with_name(f"torn-{c.name}")
+        if dst.exists(): shutil.rmtree(dst)
+        os.replace(c, dst); out.append(dst)
+    return out
+
+
+# %% ../nbs/07_train.ipynb #cbd18ec2
+def _same(a, b) -> bool:
+    "Config values equal up to list/set order (peft keeps `target_modules` as a set, JSON as a list)."
+    norm = lambda v: sorted(v) if isinstance(v, (list, set, tuple)) else (v or None)
+    return norm(a) == norm(b)
+
+def _tensor_shapes(path: Path) -> dict:
+    "Names and shapes in a safetensors file, read from its header (no tensor is loaded)."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f: return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e: raise CheckpointError(f"{path}: not a readable safetensors file: {type(e).__name__}: {e}") from None
+
+def _shape_diffs(path: Path, expected: dict) -> list[str]:
+    saved = _tensor_shapes(path)
+    diffs = [f"{k}: {saved[k]} in the checkpoint, {expected[k]} here" for k in expected if k in saved and saved[k] != expected[k]]
+    diffs += [f"{k}: missing from the checkpoint" for k in expected if k not in saved]
+    diffs += [f"{k}: in the checkpoint, not in this model" for k in saved if k not in expected]
+    return diffs
+
+def _adapter_shapes(model) -> dict:
+    "The shapes `save_pretrained` writes for the active adapter (peft drops the adapter name from the keys)."
+    name = getattr(model, "active_adapter", "default")
+    return {n.replace(f".{name}.", "."): tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()
+            if "lora_" in n and f".{name}." in n}
+
+_SIZE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads")
+
+def check_checkpoint_fits(model, ckpt) -> None:
+    "Raise a `CheckpointError` naming what differs when `ckpt` was written for another base model, LoRA config or tensor shapes."
+    ckpt = Path(ckpt); diffs = []
+    if hasattr(model, "peft_config"):
+        f = ckpt / "adapter_config.json"
+        if not f.exists(): raise CheckpointError(f"{ckpt}: no adapter_config.json, so not a LoRA checkpoint; this run trains LoRA adapters")
+        saved, mine = load_json(f), model.peft_config[getattr(model, "active_adapter", "default")].to_dict()
+        a, b = saved.get("base_model_name_or_path"), mine.get("base_model_name_or_path")
+        if a and b and Path(a).name != Path(b).name:   # a moved model keeps its folder name
+            diffs.append(f"base_model_name_or_path: {a!r} in the checkpoint, {b!r} here")
+        diffs += [f"{k}: {saved.get(k)!r} in the checkpoint, {mine.get(k)!r} here" for k in _LORA_KEYS if not _same(saved.get(k), mine.get(k))]
+        if diffs: raise CheckpointError(f"{f}: written for another LoRA setup: " + "; ".join(diffs))
+        if (ckpt / "adapter_model.safetensors").exists():
+            diffs = _shape_diffs(ckpt / "adapter_model.safetensors", _adapter_shapes(model))
+            if diffs: raise CheckpointError(f"{ckpt / 'adapter_model.safetensors'}: {len(diffs)} tensor(s) do not fit this model "
+                                            f"(another backbone size or LoRA rank?): " + "; ".join(diffs[:3]))
+    elif (ckpt / "config.json").exists():
+        saved, mine = load_json(ckpt / "config.json"), model.config.to_dict()
+        for sub in (None, "text_config", "vision_config"):
+            s, m = (saved, mine) if sub is None else (saved.get(sub) or {}, mine.get(sub) or {})
+            diffs += [f"{sub + '.' if sub else ''}{k}: {s[k]!r} in the checkpoint, {m[k]!r} here"
+                      for k in _SIZE_KEYS if k in s and k in m and s[k] != m[k]]
+        if diffs: raise CheckpointError(f"{ckpt / 'config.json'}: written for another model: " + "; ".join(diffs))
+    mm, f = getattr(model, "method_modules", None), ckpt / "method_modules.safetensors"
+    if mm is not None and f.exists():
+        diffs = _shape_diffs(f, {k: tuple(v.shape) for k, v in mm.state_dict().items()})
+        if diffs: raise CheckpointError(f"{f}: the method's extra modules do not fit: " + "; ".join(diffs[:3]))
+
+
 # %% ../nbs/07_train.ipynb #ae3507b4
 class BatchTooLargeError(RuntimeError):
     "The batch did not fit on the accelerator; the message says what to lower."
@@ -243,6 +356,41 @@ class MethodTrainer(Trainer):
             from mllm_nle.core import save_safetensors
             save_safetensors(Path(output_dir or self.args.output_dir) / "method_modules.safetensors", mm.state_dict())
 
+    def _save_checkpoint(self, model, trial):
+        "The Trainer's save, then `CHECKPOINT_DONE` once every rank has written, then the rotation of old checkpoints."
+        ckpt = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save: (ckpt / CHECKPOINT_DONE).unlink(missing_ok=True)   # an older save's marker vouches for nothing
+        limit, self.args.save_total_limit = self.args.save_total_limit, None          # rotate only once this one is complete
+        try: super()._save_checkpoint(model, trial)
+        finally: self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_checkpoint_complete(ckpt)
+            from transformers.trainer_utils import rotate_checkpoints
+            rotate_checkpoints(str(ckpt.parent), save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
+                               use_mtime=True)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kw):
+        "`Trainer.train`, resuming only from a complete checkpoint that fits the model (`True`: the newest complete one)."
+        return super().train(resume_from_checkpoint=self._checked_checkpoint(resume_from_checkpoint), **kw)
+
+    def _checked_checkpoint(self, resume) -> str | None:
+        if resume is None or resume is False: return None
+        if resume is True:
+            ckpt, torn = last_complete_checkpoint(self.args.output_dir, warn=self.is_world_process_zero())
+            if ckpt is None:
+                raise CheckpointError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint"
+                                      + (f" (torn: {', '.join(p.name for p in torn)})" if torn else ""))
+            self.accelerator.wait_for_everyone()          # every rank has chosen before the torn ones move
+            if torn and self.is_world_process_zero(): set_aside(torn)
+            self.accelerator.wait_for_everyone()
+        else:
+            ckpt, why = Path(resume), checkpoint_problem(resume)
+            if why: raise CheckpointError(f"{ckpt} is not a complete checkpoint: {why}. If you trust it, vouch for it with "
+                                          f"mllm_nle.train.mark_checkpoint_complete({str(ckpt)!r})")
+        check_checkpoint_fits(self.model, ckpt)
+        return str(ckpt)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         f = Path(resume_from_checkpoint) / "method_modules.safetensors"
@@ -257,8 +405,41 @@ def _to_device(x, device):
     if isinstance(x, dict): return {k: _to_device(v, device) for k, v in x.items()}
     return x
 
+def _weights_fingerprint(model) -> str:
+    "A cheap identity of the base weights (LoRA adapters excluded): every parameter's name, shape and first values."
+    h = hashlib.sha1()
+    for n, p in model.named_parameters():
+        if "lora_" in n or n.startswith("method_modules"): continue
+        h.update(f"{n.removeprefix('base_model.model.').replace('.base_layer', '')}{tuple(p.shape)}".encode())
+        h.update(p.detach().reshape(-1)[:16].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def _append_lines(f, rows):
+    "Append JSON lines in one write, then flush and fsync: a kill leaves whole lines, and at most one cut line."
+    f.write("".join(json.dumps(r) + "\n" for r in rows)); f.flush(); os.fsync(f.fileno())
+
+def _read_partial(part: Path, header: dict) -> dict:
+    "`{id: {sum, mean}}` finished by an interrupted run into `part` (a cut last line dropped); {} if it is another run's."
+    if not part.exists(): return {}
+    raw = part.read_bytes()
+    keep = raw[:raw.rfind(b"\n") + 1]
+    lines = keep.decode("utf-8").splitlines()
+    try: ok = bool(lines) and json.loads(lines[0]) == {"header": header}
+    except json.JSONDecodeError: ok = False
+    if not ok:
+        if lines: log.warning(f"{part}: left by a run on other records, batch size or weights; starting over")
+        part.unlink(); return {}
+    done = {}
+    for i, line in enumerate(lines[1:], 2):
+        try: row = json.loads(line); done[row["id"]] = {"sum": row["sum"], "mean": row["mean"]}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataFileError(f"{part}: line {i}: not a reference log-prob line ({e}); delete the file to start over") from None
+    if len(keep) < len(raw): os.truncate(part, len(keep))   # the cut line goes before anything is appended
+    return done
+
 def precompute_reference_logps(model, records: list, collator, out_path, batch_size: int = 8, device=None) -> Path:
-    "Run the base model (adapters disabled when present) over `records`; save `{id: {sum: [..], mean: [..]}}` as JSON."
+    """Run the base model (adapters disabled when present) over `records`; save `{id: {sum: [..], mean: [..]}}` as JSON.
+    Resumable: finished batches go to `<out_path>.partial.jsonl`, which a re-run after a crash continues."""
     from mllm_nle import models
     from tqdm.auto import tqdm
     device = device or next(model.parameters()).device
@@ -266,23 +447,33 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
     for i, rid in enumerate(ids):
         if rid is None: raise DataFileError(f"precompute_reference_logps: record {i} has no 'id' field")
     if len(set(ids)) != len(ids): raise DataFileError("precompute_reference_logps: duplicate record ids")
-    was_training, out, slots = model.training, {}, None
+    out_path = Path(out_path); part = out_path.with_name(out_path.name + ".partial.jsonl")
+    header = dict(ids=hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:16], n=len(ids), batch_size=batch_size,
+                  weights=_weights_fingerprint(model))
+    done = _read_partial(part, header)
+    if done: log.info(f"{part}: resuming; {len(done)} of {len(ids)} records are done")
+    todo = [s for s in range(0, len(records), batch_size) if any(str(r["id"]) not in done for r in records[s:s + batch_size])]
+    was_training = model.training
     model.eval()
     ctx = _adapter_disabled(model) if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    part.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad(), ctx:
-            for s in tqdm(range(0, len(records), batch_size), desc="reference log-probs"):
+        with torch.no_grad(), ctx, open(part, "a", encoding="utf-8") as f:
+            if f.tell() == 0: _append_lines(f, [{"header": header}])
+            for s in tqdm(todo, desc="reference log-probs"):
                 chunk = records[s:s + batch_size]
-                batch = collator(chunk)
-                lp = models.sequence_logps(model, _to_device(batch.get("lm", batch), device))
+                lp = models.sequence_logps(model, _to_device((b := collator(chunk)).get("lm", b), device))
                 n, rows = len(chunk), lp.sum.shape[0]
                 if rows % n: raise ValueError(f"collator gave {rows} rows for {n} records; expected a multiple")
-                slots = rows // n
-                for j, r in enumerate(chunk):
-                    out[str(r["id"])] = {"sum": [lp.sum[k * n + j].item() for k in range(slots)],
-                                         "mean": [lp.mean[k * n + j].item() for k in range(slots)]}
+                lines = [{"id": str(r["id"]), "sum": [lp.sum[k * n + j].item() for k in range(rows // n)],
+                          "mean": [lp.mean[k * n + j].item() for k in range(rows // n)]} for j, r in enumerate(chunk)]
+                _append_lines(f, lines)
+                done |= {l["id"]: {"sum": l["sum"], "mean": l["mean"]} for l in lines}
     finally: model.train(was_training)
-    return save_json(out_path, {"slots": slots, "logps": out})
+    out = {str(r["id"]): done[str(r["id"])] for r in records}
+    path = save_json(out_path, {"slots": len(next(iter(out.values()))["sum"]) if out else None, "logps": out})
+    part.unlink(missing_ok=True)
+    return path
 
 def attach_reference_logps(records: list, path, reduce: str = "sum") -> list:
     "Copies of `records` with their stored reference log-probs: `ref_chosen_logp`/`ref_rejected_logp` or `ref_logps`."
@@ -298,16 +489,19 @@ def attach_reference_logps(records: list, path, reduce: str = "sum") -> list:
 
 # %% ../nbs/07_train.ipynb #9359a2a3
 def build_trainer(method: Method, backbone, train_records: list, args: TrainingArguments, collator=None,
-                  eval_records: list | None = None, lora: dict | None = None, callbacks=None) -> MethodTrainer:
-    "A `MethodTrainer` for `method` on `backbone` (LoRA added with `lora` options unless already a peft model)."
+                  eval_records: list | None = None, lora: dict | None = None, callbacks=None,
+                  collator_kw: dict | None = None) -> MethodTrainer:
+    """A `MethodTrainer` for `method` on `backbone` (LoRA added with `lora` options unless already a peft model);
+    `collator_kw` are options of the method's own collator (e.g. `max_image_pixels`)."""
     from mllm_nle import models
     model = backbone.model
     if not hasattr(model, "peft_config"): model = backbone.model = models.add_lora(model, **(lora or {}))
     if method.reference == "live" and not hasattr(model, "disable_adapter"):
         raise ConfigError(f"method {method.name!r} uses a live reference, which needs a LoRA policy")
+    if collator is not None and collator_kw: raise ConfigError("collator_kw configures the method's own collator; pass it or collator=, not both")
     if collator is None:
         if method.collator is None: raise ConfigError(f"method {method.name!r} names no collator; pass collator=")
-        collator = method.collator(backbone.processor)
+        collator = method.collator(backbone.processor, **(collator_kw or {}))
     train_ds, eval_ds = list(train_records), list(eval_records) if eval_records else None
     if method.group_by:
         collator = GroupCollator(collator)

@@ -101,48 +101,110 @@ def test_dpo_gradient_direction(kw):
     assert (pc.grad < 0).all() and (pr.grad > 0).all()   # descent raises chosen, lowers rejected
 
 
-# ---------------------------------------------------------------- numerics: gaps of ±1e4 in fp32 / bf16
-GAPS = (1e4, -1e4)
+# ---------------------------------------------------------------- numerics: gaps of ±1e4 and empty responses, fp32 / bf16
+# Every loss is fed what the model can hand it at the extremes: log-probs 1e4 apart in either direction, and responses
+# whose tokens are all masked (a zero-length response: `models.response_logps` gives sum 0, mean 0, length 0, an all-False
+# mask, and pooled features that may be all zero). Inputs come in the dtype under test; the loss and every gradient must
+# be finite, and no logged metric infinite (NaN is how a metric says "no such rows in this batch").
+CASES = ("gap=+1e4", "gap=-1e4", "all-masked")
 
 
 def _leaf(x, dtype): return x.to(dtype).detach().requires_grad_()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("gap", GAPS)
-def test_finite_extreme_gaps(dtype, gap):
-    n = 4
-    pc, pr = _leaf(torch.full((n,), -10.0), dtype), _leaf(torch.full((n,), -10.0 - gap), dtype)
-    ln = torch.full((n,), 20.0)
-    ref = torch.full((n,), -10.0, dtype=dtype)
+def _gap(case): return {"gap=+1e4": 1e4, "gap=-1e4": -1e4, "all-masked": 0.0}[case]
+
+
+def _dpo_losses(case, dtype, n=4):
+    empty = case == "all-masked"
+    pc = _leaf(torch.full((n,), 0.0 if empty else -10.0), dtype)
+    pr = _leaf(torch.full((n,), 0.0 if empty else -10.0 - _gap(case)), dtype)
+    ln = torch.full((n,), 0.0 if empty else 20.0)
+    ref = torch.full((n,), 0.0 if empty else -10.0, dtype=dtype)
     for kw in (dict(), dict(loss_type="ipo"), dict(length_normalized=True), dict(sft_weight=1.0), dict(official_dgpref=True)):
-        loss, m = dpo_loss(pc, pr, ref, ref, chosen_lengths=ln, rejected_lengths=ln, **kw)
-        loss.backward()
-        assert torch.isfinite(loss) and torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all(), kw
-        assert all(torch.isfinite(v) for v in m.values()), kw
-        pc.grad = pr.grad = None
-    pol = _leaf(torch.cat([torch.full((n,), -10.0), torch.full((7 * n,), -10.0 - gap)]), dtype)
+        yield f"dpo {kw}", (pc, pr), dpo_loss(pc, pr, ref, ref, chosen_lengths=ln, rejected_lengths=ln, **kw)
+    yield "dpo reference-free", (pc, pr), dpo_loss(pc, pr)
+
+
+def _mcm_losses(case, dtype, n=4):
+    empty = case == "all-masked"
+    pol = _leaf(torch.zeros(8 * n) if empty else torch.cat([torch.full((n,), -10.0), torch.full((7 * n,), -10.0 - _gap(case))]), dtype)
     for per_facet in (False, True):
-        loss, _ = mcm_dpo_loss(pol, torch.zeros(8 * n, dtype=dtype), per_facet=per_facet)
-        loss.backward()
-        assert torch.isfinite(loss) and torch.isfinite(pol.grad).all()
-        pol.grad = None
-    # MCLE: positive and negative rows whose log-probs are 1e4 apart
-    ml = _leaf(torch.tensor([-1.0, -1.0 - abs(gap), -1.0 - abs(gap), -1.0]), dtype)
-    tl = _leaf(torch.tensor([[-0.5, -0.5], [-abs(gap), 0.0], [-abs(gap), -1e-9], [-1e-9, -1.0]]), dtype)
-    mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 1]])
-    w, lv, g = torch.tensor([1.0, -1.0, -1.0, 1.0]), ["positive", "semantic", "image", "positive"], [0, 0, 0, 1]
+        for k in (1, 7):
+            yield f"mcm_dpo per_facet={per_facet} n_facets={k}", (pol,), mcm_dpo_loss(pol, torch.zeros(8 * n, dtype=dtype), n_facets=k, per_facet=per_facet)
+
+
+def _mcle_losses(case, dtype):
+    "A positive and two negatives of group 0 (1e4 below it, one with a single unmasked token) and a positive of group 1."
+    g = abs(_gap(case))
+    if case == "all-masked":
+        ml, tl, mask = torch.zeros(4), torch.zeros(4, 2), torch.zeros(4, 2)
+    else:
+        ml = torch.tensor([-1.0, -1.0 - g, -1.0 - g, -1.0])
+        tl = torch.tensor([[-0.5, -0.5], [-g, 0.0], [-g, -1e-9], [-1e-9, -1.0]])
+        mask = torch.tensor([[1.0, 1], [1, 1], [1, 0], [1, 1]])
+    if _gap(case) < 0: ml, tl = ml.flip(0), tl.flip(0)   # the positives are the far ones
+    ml, tl = _leaf(ml, dtype), _leaf(tl, dtype)
+    scale = 0.0 if case == "all-masked" else 1e4
+    feats = dict(text_features=_leaf(torch.randn(4, 8) * scale, dtype), image_features=_leaf(torch.randn(2, 8) * scale, dtype),
+                 image_index=torch.tensor([0, 0, 0, 1]), instance_features=_leaf(torch.randn(4, 8) * scale, dtype))
+    w, lv, grp = torch.tensor([1.0, -1.0, -1.0, 1.0]), ["positive", "semantic", "instance", "positive"], [0, 0, 0, 1]
+    logps = {"mean": ml, "token_logps": tl, "mask": mask}
     for variant in ("official", "bounded", "multilevel"):
-        loss, m = mcle_loss(variant, {"mean": ml, "token_logps": tl, "mask": mask}, w, lv, g)
-        loss.backward()
-        grads = [x.grad for x in (ml, tl) if x.grad is not None]
-        assert torch.isfinite(loss) and grads and all(torch.isfinite(gr).all() for gr in grads), variant
-        ml.grad = tl.grad = None
-    # HACL / InfoNCE with huge feature norms and the minimum temperature
-    v, t, h = (_leaf(torch.randn(3, 8) * abs(gap), dtype) for _ in range(3))
-    loss, _ = hacl_contrastive_loss(v, t, 0.001, h, hallucinated_t2i=True)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(v.grad).all()
+        yield f"mcle {variant}", (ml, tl), mcle_loss(variant, logps, w, lv, grp)
+    yield "mcle multilevel+features", (ml, *[v for v in feats.values() if v.is_floating_point()]), mcle_loss("multilevel", logps, w, lv, grp, **feats)
+
+
+def _hacl_losses(case, dtype):
+    "Image/caption/hallucinated features 1e4 large (or all zero: an empty caption's pooled state), at the minimum temperature."
+    scale = 0.0 if case == "all-masked" else abs(_gap(case))
+    v, t, h = (_leaf(torch.randn(3, 8) * scale, dtype) for _ in range(3))
+    for t2i in (False, True):
+        yield f"hacl t2i={t2i}", (v, t, h), hacl_contrastive_loss(v, t, 0.001, h, hallucinated_t2i=t2i)
+    head = HACLHead(32, temp=0.001).to(dtype)
+    img, txt, hal = (_leaf(torch.randn(3, 32) * scale, dtype) for _ in range(3))
+    yield f"HACLHead {dtype}", (img, txt, *head.parameters()), head(img, txt, hal, hallucinated_t2i=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_finite_extreme_gaps(dtype, case):
+    "Every loss and variant: finite loss, finite gradients (at least one), no infinite metric."
+    checked = []
+    for make in (_dpo_losses, _mcm_losses, _mcle_losses, _hacl_losses):
+        for name, leaves, (loss, m) in make(case, dtype):
+            for x in leaves: x.grad = None
+            loss.backward()
+            grads = [x.grad for x in leaves if x.grad is not None]
+            assert torch.isfinite(loss), (name, float(loss))
+            assert grads and all(torch.isfinite(gr).all() for gr in grads), name
+            assert not any(torch.isinf(v) for v in m.values()), (name, {k: float(v) for k, v in m.items()})
+            checked.append(name)
+    assert len(checked) == 17, checked   # 6 DPO, 4 MCM-DPO, 4 MCLE, 3 HACL
+
+
+def test_mcle_official_diverges_on_negatives_bounded_does_not():
+    """The released MCLE loss (`official`) multiplies a negative's NLL by a negative ratio: its loss falls without bound as
+    the negative's log-prob falls, with a constant gradient, so training never stops pushing (it diverged at lr 5e-4
+    in the MCLE study). `bounded` (unlikelihood, -log(1-p)) stays >= 0 and its push fades; so does multilevel's margin."""
+    pos, w, lv, grp = torch.tensor([True, False]), torch.tensor([1.0, -1.0]), ["positive", "semantic"], [0, 0]
+    res = {}
+    for variant in ("official", "bounded", "multilevel"):
+        res[variant] = []
+        for lp in (-1.0, -10.0, -1e2, -1e3, -1e4):
+            ml = torch.tensor([-1.0, lp], requires_grad=True)
+            tl = torch.tensor([[-1.0], [lp]], requires_grad=True)
+            loss, _ = mcle_loss(variant, {"mean": ml, "token_logps": tl, "mask": torch.ones(2, 1)}, w, lv, grp)
+            loss.backward()
+            grad = sum(float(x.grad.reshape(-1)[-1]) for x in (ml, tl) if x.grad is not None)   # d loss / d (negative's log-prob)
+            res[variant].append((float(loss.detach()), grad))
+    official = [l for l, _ in res["official"]]
+    assert all(a > b for a, b in zip(official, official[1:])) and official[-1] < -4e3      # falls, linearly: -> -inf
+    assert all(g == pytest.approx(0.5) for _, g in res["official"])                        # the push never fades
+    for variant in ("bounded", "multilevel"):
+        losses, grads = zip(*res[variant])
+        assert min(losses) >= 0.0 and losses[-1] <= losses[0], (variant, losses)          # bounded below by the SFT term
+        assert abs(grads[-1]) < 1e-6 < abs(grads[0]), (variant, grads)                    # the push fades
 
 
 def test_log1mexp_accuracy():
