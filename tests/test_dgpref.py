@@ -167,3 +167,49 @@ def test_missing_model_folders_say_what_to_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="owlvit-large-patch14"): E.OWLViTExpert(tmp_path/"owl")
     with pytest.raises((RuntimeError, FileNotFoundError), match="easyocr|craft_mlt_25k"): E.EasyOCRExpert(tmp_path/"ocr")
     with pytest.raises(ConfigError, match="decomposer_model"): dgpref.DGPrefConfig(decomposer="llm")
+
+
+def test_real_data_path_on_tiny_builds(tmp_path):
+    """The code path of params/dgpref_llava15.yaml on tiny random builds saved with save_pretrained: a folder of images as
+    the pool (no scene graphs), OWL-ViT + BLIP-2 + CoLA and the VQA expert, DPO on the real experts' pairs, and evaluation
+    from benchmark files (ObjHal JSON Lines + ground-truth objects, POPE, an AMBER folder). The untrained policy writes
+    noise, so its captions are written beforehand into captions.jsonl (the sampling step then skips those ids), as world
+    captions the rule-based decomposer reads; the in-context LLM decomposer is tested in nbs/09a_dgpref_decompose.ipynb."""
+    import shutil
+    from mllm_nle import world_data
+    from mllm_nle.recipes import dgpref_experts as E, dgpref_study as S
+    world_data.write_benchmarks(tmp_path/"bench", n=3, seed=0, image_size=112)
+    pool = tmp_path/"vg"; pool.mkdir()
+    for p in sorted((tmp_path/"bench"/"images").glob("*.png")): shutil.copy(p, pool/(p.stem.replace("bench0-", "") + ".jpg"))
+    objhal = [json.loads(l) for l in (tmp_path/"bench"/"objhal.jsonl").read_text().splitlines()]
+    (tmp_path/"objhal.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("gt_objects", "scene_id")} |
+                                                            {"image": str(tmp_path/"bench"/r["image"])}) + "\n" for r in objhal))
+    (tmp_path/"gt.json").write_text(json.dumps({str(r["image_id"]): r["gt_objects"] for r in objhal}))
+    from mllm_nle import world
+    scenes = world_data.load_scenes(tmp_path/"bench"/"scenes.json")
+    P.JsonlStore(tmp_path/"run"/"pipeline"/"captions.jsonl").append(
+        [dict(id=sid.replace("bench0-", ""), image=str(pool/(sid.replace("bench0-", "") + ".jpg")), scene_id=None, prompts=["Describe."] * 2,
+              captions=["Nothing to see.", " ".join(world.describe(sc)[:2]) + " There is a red star. There are seven stars."])
+         for sid, sc in scenes.items()])
+    cfg = dgpref.DGPrefConfig(backbone="tiny:llava:xs", sft_steps=0, pool_images=str(pool), n_images=3, n_samples=2, sample_batch_size=4,
+                              caption_max_new_tokens=16, decomposer="world",
+                              owlvit_model=str(E.tiny_owlvit(tmp_path/"owl")), owlvit_threshold=0.0, blip2_model=str(E.tiny_blip2(tmp_path/"blip2")),
+                              cola_model=str(E.tiny_cola(tmp_path/"cola")), cola_threshold=0.0, official_expert="real",
+                              arms=["dgpref_real", "dgpref_official"], steps=1, batch_size=2, seeds=[0], cache_dir=str(tmp_path/"cache"),
+                              objhal_file=str(tmp_path/"objhal.jsonl"), objhal_gt_file=str(tmp_path/"gt.json"),
+                              pope_dir=str(tmp_path/"bench"/"pope"), pope_image_root=str(tmp_path/"bench"),
+                              amber_dir=str(tmp_path/"bench"/"amber"), amber_image_root=str(tmp_path/"bench"), amber=False, eval_batch_size=16)
+    assert cfg.expert_names == ["vqa", "real"]
+    rep = P.run_data(cfg, tmp_path/"run", progress=False)
+    assert rep["images"] == 3 and set(rep["pairs"]) == {"vqa", "real"} and "decomposition_recall" not in rep
+    assert rep["steps"]["sample"]["sampled"] == 0 and rep["decomposition"]["claims"] > 0
+    v = rep["verdicts"]["real"]
+    assert sum(v["object"].values()) > 0 and all(v["text"][k] == 0 for k in ("1", "-1", "-2")) if "text" in v else True  # no OCR: dropped
+    assert sum(v["attribute"][k] for k in ("1", "-1")) > 0                                     # BLIP-2 answered (CoLA threshold 0)
+    assert rep["pairs"]["real"] > 0 and rep["decomposition"]["no_claim_captions"] == 3     # "Nothing to see.": S = 0, counted
+    res = S.run_dgpref(cfg, tmp_path/"run")
+    assert set(res["study"]["summary"]) == {"dgpref_real", "dgpref_official"}
+    bench = S.load_bench(cfg)
+    assert len(bench.objhal) == 3 and set(bench.pope) == set(S.POPE_SPLITS) and not bench.scenes
+    ev = S.evaluate(cfg, bench, P.load_base(cfg, P.baseline(cfg)))
+    assert ev["summary"]["claim_hallucination"] is None and ev["summary"]["pope_f1"] is not None and len(ev["rows"]) == 3
