@@ -146,14 +146,27 @@ if rank == 0:
     full = ita_loss(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] + 3 * r for r, p in enumerate(parts)]),
                     0.1, torch.cat([p[3] for p in parts]), torch.cat([p[4] + 4 * r for r, p in enumerate(parts)]), torch.cat([p[5] for p in parts]))[0]
     print("RESULT", *[float(o[0]) for o in out], float(full), *[float(o[1]) for o in out], float(m["itc/masked"]))
+# the same through the engine: DDP, gathered negatives and a queue; every rank must end with the same adapter, heads and queue
+from mllm_nle import models, train as T
+from mllm_nle.recipes import hacl
+recs = hacl.toy_records(8, sys.argv[1])
+args = T.make_training_args(sys.argv[2], max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2, report_to="none",
+                            disable_tqdm=True, save_strategy="no", logging_steps=1)
+tr = T.train("hacl", models.tiny_backbone("qwen2_5_vl", "xs"), recs, args, lora=dict(r=4), method_kw=dict(gather=True, queue_size=8))
+head = tr.method.modules["hacl_head"]
+s = torch.stack([p.detach().double().sum() for n, p in tr.model.named_parameters() if "lora_B" in n or "method_modules" in n]).sum()
+s = torch.stack([s, head.queue_text.double().sum(), head.queue_fill.double().sum()])
+g = [torch.zeros_like(s) for _ in range(world)]; dist.all_gather(g, s)
+if rank == 0: print("TRAINED", *[x.tolist() for x in g][0], *[x.tolist() for x in g][1], "captions" if "itc/captions" in tr.state.log_history[0] else "none")
 """
 
 
 def test_gather_across_two_processes(tmp_path):
-    "torchrun, 2 CPU processes: the mean of the gathered per-rank losses is the loss of the whole batch in one process."
+    """torchrun, 2 CPU processes: the mean of the gathered per-rank losses is the loss of the whole batch in one process
+    (the release's targets are wrong on rank 1); then 2 DDP steps with gathering and a queue keep every rank identical."""
     (tmp_path/"g.py").write_text(GATHER_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"g.py")],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"g.py"), str(tmp_path), str(tmp_path/"out")],
                        capture_output=True, text=True, env=env, timeout=300)
     line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT")), None)
     assert line is not None, r.stderr[-3000:]
@@ -162,6 +175,11 @@ def test_gather_across_two_processes(tmp_path):
     assert masked >= 2            # two captions of image 0 on rank 0, and image 12 shared with the other rank
     # the release's targets: right on rank 0's slot layout only; on rank 1 every 'positive' is rank 0's caption
     assert rel1 > l1 + 1.0, line
+    trained = next((l for l in r.stdout.splitlines() if l.startswith("TRAINED")), None)
+    assert trained is not None, r.stderr[-3000:]
+    *v, logged = trained.split()[1:]
+    a, b = [float(x) for x in v[:3]], [float(x) for x in v[3:]]
+    assert a == b and a[0] != 0.0 and a[2] == 8 * 2 and logged == "captions", trained   # queue: 8 texts + 8 images, full, same everywhere
 
 
 # ---------------------------------------------------------------- bad input
