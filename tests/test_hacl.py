@@ -53,6 +53,8 @@ def test_hacl_notebook_smoke(tmp_path):
               "figures/score_bars.png", "seed0/hacl/adapter/method_modules.safetensors", "seed0/sft/generations.jsonl"]:
         assert (out/f).exists(), f
     assert yaml.safe_load((out/"config.yaml").read_text())["steps"] == 3
+    paired = json.loads((out/"paired.json").read_text())
+    assert [p["key"] for p in paired] == ["any_false", "chair_hallucinated"] and all(p["n_items"] == 4 for p in paired)
 
 
 def test_unknown_parameter_is_an_error_naming_it():
