@@ -13,12 +13,14 @@ noised image x own/other context), built by `recipes.mcmdpo.MCMDPOCollator`. The
 * naive: `models.expand_images` gives every row its own copy (8 per record), as a trainer that runs the model once
   per sequence does.
 
-The configuration is the release's paradigm (d): the vision tower and the projector train (all weights), LoRA on
-the LLM, the stored reference (so no reference forward in the step). `--vision frozen` freezes the vision tower and uses the
-live reference (adapters disabled, sharing the step's vision pass). Reported: records/s and sequences/s (median of
-`--steps` timed steps after one warm-up), images encoded per step, and peak accelerator memory on CUDA. The
-LLaVA-1.5-7B shape (CLIP ViT-L/14-336 + Llama-2-7B, random bf16 weights, nothing downloaded) uses the tiny LLaVA
-tokenizer, whose ids fall inside the real vocabulary, and real 336x336 images (576 visual tokens per image).
+The configuration is the release's paradigm (d): the vision tower and the projector train (all weights), LoRA
+on the LLM, the stored reference (so no reference forward in the step). `--vision frozen` freezes the vision
+tower and uses the live reference (adapters disabled, sharing the step's vision pass).
+
+Reported: records/s and sequences/s (median of `--steps` timed steps after one warm-up; the two steps alternate,
+so load drift on a shared machine hits both), images encoded per step, and peak accelerator memory on CUDA.
+The LLaVA-1.5-7B shape (CLIP ViT-L/14-336 + Llama-2-7B, random bf16 weights, nothing downloaded) uses the tiny
+LLaVA tokenizer, whose ids fall inside the real vocabulary, and real 336x336 images (576 visual tokens each).
 Prints one JSON line (also written to --out)."""
 from __future__ import annotations
 import argparse, json, statistics, tempfile, time
@@ -90,23 +92,31 @@ def run(bb: models.Backbone, n_records: int, image_size: int, steps: int, vision
     tower = getattr(inner, "vision_tower", None) or getattr(inner, "visual")
     hook = tower.register_forward_hook(lambda *_: calls.append(1))
     n_images = lambda b: len(b["image_grid_thw"]) if "image_grid_thw" in b else len(b["pixel_values"])
+    batches = {m: {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for m, b in batches.items()}
+    cuda = device.startswith("cuda")
+    def step(b):
+        calls.clear()
+        if cuda: torch.cuda.synchronize()
+        t = time.perf_counter()
+        trainer.training_step(model, b)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        if cuda: torch.cuda.synchronize()
+        return time.perf_counter() - t
+    times = {m: [] for m in batches}
+    for s in range(steps + 1):             # the two modes alternate step by step, so load drift on a shared machine hits both
+        for mode, b in batches.items():
+            sec = step(b)
+            if s: times[mode].append(sec)
     out = {}
     for mode, b in batches.items():
-        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-        if device.startswith("cuda"): torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-        times = []
-        for s in range(steps + 1):
-            calls.clear()
-            if device.startswith("cuda"): torch.cuda.synchronize()
-            t = time.perf_counter()
-            trainer.training_step(model, b)
-            opt.step(); opt.zero_grad(set_to_none=True)
-            if device.startswith("cuda"): torch.cuda.synchronize()
-            if s: times.append(time.perf_counter() - t)
-        sec = statistics.median(times)
+        peak = None
+        if cuda:                           # one more step each, alone, for its peak memory
+            torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(); step(b)
+            peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        else: step(b)
+        sec = statistics.median(times[mode])
         out[mode] = dict(seconds_per_step=round(sec, 4), records_per_s=round(n_records / sec, 3), sequences_per_s=round(8 * n_records / sec, 2),
-                         images_encoded_per_step=len(calls) * n_images(b), distinct_images=2 * n_records,
-                         peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None)
+                         images_encoded_per_step=len(calls) * n_images(b), distinct_images=2 * n_records, peak_memory_gib=peak)
     hook.remove()
     out["speedup"] = round(out["naive"]["seconds_per_step"] / out["engine"]["seconds_per_step"], 3)
     out["trainable"] = models.trainable_parts(model)
