@@ -41,7 +41,7 @@ def test_mcmdpo_notebook_smoke(tmp_path):
     assert set(m["models"]) == {"baseline", "dpo", "mcm_dpo"} and m["n_test"] == 4 and m["paradigm"] == "d"
     for name, res in m["models"].items():
         for d in ("greedy", "beam3"):
-            assert {f"{d}/{k}" for k in ("CIDEr", "ROUGE_L", "BLEU-4", "4gram_precision", "faithful", "object_hallucination",
+            assert {f"{d}/{k}" for k in ("CIDEr", "ROUGE_L", "BLEU-4", "BLEU-4gram_only", "faithful", "object_hallucination",
                                          "object_recall")} <= set(res["summary"]), name
     logs = json.loads((out/"log_history.json").read_text())
     steps = {k: max(h.get("step", 0) for h in v) for k, v in logs.items()}

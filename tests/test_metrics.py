@@ -164,7 +164,7 @@ def test_alttext_meteor_and_cider_multiref():
     refs = [["a red car is on the road", "the red car"], ["a dog on the grass"], ["two cats sleeping"]]
     s = M.alttext_scores(preds, refs)
     assert 0 < s["METEOR"] < 1 and s["CIDEr"] > 0 and s["n"] == 3
-    assert s["bleu_4_legacy"] <= s["BLEU-1"]
+    assert s["BLEU-4gram_only"] <= s["BLEU-1"]
     assert s["edit_distance"] == pytest.approx((1 + 1 + 3) / 3)
 
 

@@ -88,10 +88,11 @@ def test_mcmdpo_collator(proc):
     withref = [dict(r, ref_logps=[10.0 * j + k for k in range(8)]) for j, r in enumerate(recs[:2])]
     assert coll(withref)["ref_logps"].tolist() == [10.0 * j + k for k in range(8) for j in range(2)]
     assert "ref_logps" not in b
-    # without a pool the batch supplies the context negatives: each record gets the other's question
+    # context negatives are drawn from a pool (the whole dataset), never from the batch: with a pool of two records,
+    # each gets the other's question; with no pool and no assigned negative, the collator refuses
     q = mcmdpo.MCMDPOCollator(proc).negatives(recs[0], recs[:2])[0]
     assert q == recs[1]["question"]
-    with pytest.raises(ValueError, match="no other question"):
+    with pytest.raises(ValueError, match="no context negative and the collator has no pool"):
         mcmdpo.MCMDPOCollator(proc)(recs[:1])
 
 

@@ -161,7 +161,7 @@ def alttext_faithfulness(scene, context: str, output: str) -> dict:
                 object_recall=len(covered) / len(scene.objects), context_ignored=ignored)
 
 # %% ../../nbs/11a_mcmdpo_experiment.ipynb #6ca52bf6
-ALTTEXT_KEYS = {"BLEU-1": "BLEU-1", "BLEU-4": "BLEU-4", "4gram_precision": "bleu_4_legacy", "METEOR": "METEOR",
+ALTTEXT_KEYS = {"BLEU-1": "BLEU-1", "BLEU-4": "BLEU-4", "BLEU-4gram_only": "BLEU-4gram_only", "METEOR": "METEOR",
                 "ROUGE_L": "ROUGE_L_F1", "CIDEr": "CIDEr", "edit_distance": "edit_distance"}
 FAITH_KEYS = ("faithful", "object_hallucination", "attribute_error", "unparsable", "object_recall", "context_ignored")
 
@@ -201,7 +201,7 @@ def evaluator(cfg: MCMDPOConfig, data: AltTextData):
 
 # %% ../../nbs/11a_mcmdpo_experiment.ipynb #bf541c60
 HEADLINE_KEYS = ("CIDEr", "ROUGE_L", "faithful", "object_hallucination", "attribute_error", "object_recall", "context_ignored")
-TABLE_KEYS = ("CIDEr", "ROUGE_L", "BLEU-1", "BLEU-4", "4gram_precision", "METEOR", "edit_distance", *HEADLINE_KEYS[2:])
+TABLE_KEYS = ("CIDEr", "ROUGE_L", "BLEU-1", "BLEU-4", "BLEU-4gram_only", "METEOR", "edit_distance", *HEADLINE_KEYS[2:])
 
 def metrics_meta(cfg: MCMDPOConfig, data: AltTextData) -> dict:
     "What `metrics.json` says about the run besides the models' results."
