@@ -219,7 +219,8 @@ def test_llava_and_hacl(tmp_path):
     readme = {"image": img, "text": "Two men walk.", "Hallucination caption": "Two women walk.", "conversations": conv}
     recs, rep = D.load_hacl(write(tmp_path/"h.json", [world, readme]), image_root=DEMO)
     assert recs[0]["hallucinated"] == ["A red lighthouse.", "A ship."] and recs[1]["hallucinated"] == ["Two women walk."]
-    assert recs[0]["conversations"][1]["value"] == "A white lighthouse." and recs[1]["id"] == "1"
+    assert recs[0]["response"] == "A white lighthouse." and recs[0]["edits"] == [["white->red"], []] and recs[1]["id"] == "1"
+    assert recs[1]["prompt"] == "What is this?" and recs[1]["response"] == "A lighthouse."   # the record's own conversation
     with pytest.raises(DataFileError, match=r"record 0: field 'hallucinated\[1\]': empty text"):
         D.load_hacl(write(tmp_path/"h2.json", [dict(world, hallucinated=["x", ""])]), image_root=DEMO)
 

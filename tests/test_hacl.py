@@ -186,16 +186,18 @@ def test_gather_across_two_processes(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 def test_bad_records(tmp_path):
+    from mllm_nle.data import load_hacl
     from mllm_nle.train import toy_images
     (_, p0), = toy_images(1, tmp_path)
     f = tmp_path/"h.json"
     save_json(f, [{"id": "a", "image": p0, "caption": "A red circle.", "hallucinated": ["A red circle.", "A blue circle."]},
                   {"id": "b", "image": p0, "caption": "A red circle."}])
-    recs, rep, dropped = hacl_data.load_hacl_records(f)
-    assert [r.get("hallucinated") for r in recs] == [["A blue circle."], None] and dropped == {"same text as the caption": 1}
+    recs, rep = load_hacl(f)
+    assert [r.get("hallucinated") for r in recs] == [["A blue circle."], None]
+    assert rep.dropped == {"hallucinated caption: same text as the caption": 1}
     save_json(f, [{"id": "a", "image": p0, "caption": "", "hallucinated": ["x"]}])
     with pytest.raises(DataFileError, match=r"h\.json: record 0: field 'caption': empty text"):
-        hacl_data.load_hacl_records(f)
+        load_hacl(f)
 
 
 def test_rules_drop_and_count_same_text():
