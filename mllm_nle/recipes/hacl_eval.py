@@ -21,8 +21,9 @@ log = get_logger("mllm_nle.recipes.hacl_eval")
 
 # %% auto #0
 __all__ = ['log', 'SUMMARY_KEYS', 'LOWER_IS_BETTER', 'TABLE_KEYS', 'PAIRED_KEYS', 'model_head', 'retrieval_scores',
-           'retrieval_probe', 'caption_scores', 'pope_eval', 'amber_eval', 'evaluate_hacl', 'evaluator', 'stage_bases',
-           'hacl_arms', 'run_hacl', 'hacl_table', 'hacl_paired', 'negatives_table', 'retrieval_figure', 'hacl_figures']
+           'retrieval_probe', 'caption_scores', 'pope_eval', 'amber_eval', 'evaluate_hacl', 'evaluator', 'pope_items',
+           'stage_bases', 'hacl_arms', 'run_hacl', 'hacl_table', 'hacl_paired', 'negatives_table', 'retrieval_figure',
+           'hacl_figures']
 
 # %% ../../nbs/10b_hacl_eval.ipynb #8983aaf4
 def model_head(model, path=None) -> ITAHead | None:
@@ -151,6 +152,23 @@ def evaluate_hacl(cfg, data: HACLData, backbone) -> dict:
 def evaluator(cfg, data: HACLData):
     "The experiment layer's `evaluate(backbone)`."
     return lambda backbone: evaluate_hacl(cfg, data, backbone)
+
+# %% ../../nbs/10b_hacl_eval.ipynb #ac754db5
+def pope_items(cfg, data: HACLData, backbone) -> dict:
+    "`pope_eval`'s scores (`summary`, `by_mode`) and one row per question: `{id, mode, label, output, tp, fp, tn, fn}`."
+    from mllm_nle import metrics
+    from mllm_nle.data import load_pope
+    by, rows = {}, []
+    for mode in cfg.pope_modes:
+        recs, _ = load_pope(data.bench_dir/"pope"/f"{mode}.jsonl", image_root=data.bench_image_root, on_error=cfg.on_error,
+                            max_image_pixels=cfg.max_image_pixels)
+        outs = _generate(cfg, backbone, recs, 8)
+        by[mode] = metrics.pope_scores(outs, [r["label"] for r in recs])
+        for r, o in zip(recs, outs):
+            s = metrics.pope_scores([o], [r["label"]])
+            rows.append(dict(id=f"{mode}:{r['id']}", mode=mode, label=r["label"], output=o, **{k: s[k] for k in ("tp", "fp", "tn", "fn")}))
+    keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    return dict(summary={f"pope_{k}": float(np.mean([s[k] for s in by.values()])) for k in keys}, by_mode=by, rows=rows)
 
 # %% ../../nbs/10b_hacl_eval.ipynb #2284e356
 def stage_bases(cfg: HACLConfig, data: HACLData) -> dict:
