@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from mllm_nle.core import ConfigError, load_config
+from mllm_nle import gym
 from mllm_nle.recipes import dgpref, hacl, mcle, mcmdpo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +14,8 @@ PARAMS = sorted((ROOT/"params").rglob("*.yaml"))
 
 
 def config_class(path: Path):
-    "A params file belongs to the recipe its name starts with (`params/mcle_demo.yaml` -> MCLEConfig)."
+    "A params file belongs to the recipe its name starts with (`params/mcle_demo.yaml` -> MCLEConfig); `params/gym/*` to the gym."
+    if path.parent.name == "gym": return gym.GymConfig
     prefix = path.stem.split("_")[0]
     if prefix not in CONFIGS: pytest.fail(f"{path}: no recipe for prefix {prefix!r}; known: {sorted(CONFIGS)}")
     return CONFIGS[prefix]
