@@ -163,6 +163,7 @@ def prepare_records(name: str, records: list, **method_kw) -> list:
     "`records` after the registered method's dataset-level `prepare` step (unchanged when it has none)."
     return METHOD_PREPARE[name](records, **method_kw) if name in METHOD_PREPARE else records
 
+# %% ../nbs/07_train.ipynb #ce12fd72
 def get_method(name: str, **kw) -> Method:
     "Build the registered method `name` with options `kw` (an unknown option is an error naming it)."
     if name not in METHODS: raise ConfigError(f"unknown method {name!r}; registered: {sorted(METHODS)} "
@@ -446,6 +447,7 @@ def _read_partial(part: Path, header: dict) -> dict:
     if len(keep) < len(raw): os.truncate(part, len(keep))   # the cut line goes before anything is appended
     return done
 
+# %% ../nbs/07_train.ipynb #9ccd3c32
 def precompute_reference_logps(model, records: list, collator, out_path, batch_size: int = 8, device=None) -> Path:
     """Run the base model (adapters disabled when present) over `records`; save `{id: {sum: [..], mean: [..]}}` as JSON.
     Resumable: finished batches go to `<out_path>.partial.jsonl`, which a re-run after a crash continues."""

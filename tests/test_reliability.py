@@ -226,12 +226,18 @@ def _mcle_smoke():
     from test_mcle import SMOKE   # the smoke params the MCLE notebook is tested with
     return SMOKE
 
-NOTEBOOKS = [  # (notebook, outputs/<experiment>, smoke params): add a recipe's notebook here when it exists
+def _gym_smoke():
+    from test_gym import SMOKE   # one seed, a few steps, every row of all four recipes from one base
+    return SMOKE
+
+NOTEBOOKS = [  # (notebook, outputs/<experiment>, smoke params); the gym's smoke run trains and evaluates all four recipes
     ("mcle_train.ipynb", "mcle", _mcle_smoke),
+    ("gym_report.ipynb", "gym", _gym_smoke),
 ]
 # What may differ between two runs with the same params and seed, and why. Nothing else does on a CPU: metrics,
 # generations, loss curves, adapters, optimizer states, even the figures' PNG bytes are identical.
-TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "seconds"}   # wall-clock durations
+TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "seconds", "train_seconds", "eval_seconds",
+               "wall_seconds"}   # wall-clock durations
 SET_KEYS = {"target_modules"}   # peft writes this set as a list in string-hash order, which PYTHONHASHSEED changes per process
 SKIP = {"training_args.bin": "a pickle of TrainingArguments: it holds the run's own output folder (and we never unpickle)"}
 TEXT = {".json", ".jsonl", ".md", ".yaml", ".txt"}   # compared as text, with each run's own folder written alike

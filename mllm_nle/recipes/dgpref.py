@@ -29,6 +29,7 @@ DEFAULT_ASPECTS = ("object", "count", "attribute", "spatial", "scale", "text")  
 EXPERT_NAMES = ("oracle", "vqa", "real")            # plus noisy<level> for each of `noise_levels`
 ARM_NAMES = ("sft_continued", "dgpref_oracle", "dgpref_noisy", "dgpref_vqa", "dgpref_official", "oracle_edit", "dgpref_real")
 
+# %% ../../nbs/09_dgpref.ipynb #3a4ea089
 @dataclass
 class DGPrefConfig(RunConfig):
     experiment = "dgpref"
@@ -127,6 +128,7 @@ class DGPrefConfig(RunConfig):
         world = [] if self.pool_images else ["oracle", *[noisy_name(n) for n in self.noise_levels]]
         return [*world, *(["vqa"] if self.vqa_expert else []), *(["real"] if real else [])]
 
+# %% ../../nbs/09_dgpref.ipynb #7ba81b12
 def noisy_name(noise: float) -> str:
     "The expert (and arm suffix) name of a noisy oracle: `noisy0.1`."
     return f"noisy{noise:g}"

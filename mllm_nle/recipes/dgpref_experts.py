@@ -256,6 +256,7 @@ class CoLAFilter:
         enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True).to(self.model.device)
         with torch.no_grad(): return self.model(**enc).logits.float().softmax(-1)[:, 1].tolist()
 
+# %% ../../nbs/09b_dgpref_experts.ipynb #55ad669b
 class BLIP2Expert(Expert):
     "BLIP-2 yes/no questions for attribute and relation checks (Salesforce/blip2-flan-t5-xl in the release)."
     name, aspects = "blip2", ("attribute", "relation")

@@ -29,6 +29,7 @@ STAGES = ("pretrain", "sft")
 HALLUCINATORS = ("world", "rules", "llm")
 IMAGE_REPRS = ("separate", "in_context")
 
+# %% ../../nbs/10_hacl.ipynb #caec3d4d
 @dataclass
 class HACLConfig(RunConfig):
     experiment = "hacl"
@@ -148,6 +149,7 @@ def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     parts = [x if r == rank else p[:s] for r, (p, s) in enumerate(zip(parts, sizes))]
     return torch.cat(parts), sum(sizes[:rank])
 
+# %% ../../nbs/10_hacl.ipynb #bda5a770
 def ita_loss(image_emb: torch.Tensor,          # [N,D] projected distinct images
              text_emb: torch.Tensor,           # [C,D] projected captions
              caption_image: torch.Tensor,      # [C] index of each caption's image in image_emb

@@ -80,6 +80,7 @@ RULE_KINDS = ("object", "attribute", "count", "relation")
 
 def _alt(words) -> str: return "|".join(sorted({re.escape(w) for w in words}, key=len, reverse=True))
 
+# %% ../../nbs/10a_hacl_data.ipynb #e810e116
 class RuleHallucinator:
     "Hallucinated captions by one vocabulary swap each (object, attribute, count, relation), every edit recorded."
     name = "rules"
@@ -157,6 +158,7 @@ def read_prompt(path) -> str:
     if t.count("{caption}") != 1: raise ConfigError(f"{p}: the template must hold exactly one {{caption}} slot")
     return t
 
+# %% ../../nbs/10a_hacl_data.ipynb #e336095b
 class LLMHallucinator:
     "Hallucinated captions written by a local causal LM from a prompt template; unusable answers counted by reason."
     name = "llm"

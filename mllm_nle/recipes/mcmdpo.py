@@ -34,6 +34,7 @@ ARM_SPECS = ("sft_continued", "dpo", "mcm_dpo", "per_facet", *(f"k{k}" for k in 
 IMAGE_NEGATIVES = ("diffusion", "black", "crop", "rotate", "random")
 RELEASE_WEIGHTS = [f[2] for f in MCM_FACETS]   # 1.0, 0.5, 0.5, 0.2 x 4 (mcmdpo.sh)
 
+# %% ../../nbs/11_mcmdpo.ipynb #6a26634e
 @dataclass
 class MCMDPOConfig(RunConfig):
     experiment = "mcmdpo"
@@ -96,6 +97,7 @@ class MCMDPOConfig(RunConfig):
         if self.reference == "live":
             for p in dict.fromkeys([self.paradigm, *self.paradigms]): check_live_reference(PARADIGMS[p][1], self.train_projector, f"paradigm {p!r}")
 
+# %% ../../nbs/11_mcmdpo.ipynb #2c4c7116
 def check_live_reference(train_vision: bool, train_projector: bool, what: str = "this method"):
     "A `ConfigError` when a live reference is asked for while weights outside the LoRA adapters train."
     parts = [p for p, on in (("the vision tower", train_vision), ("the projector", train_projector)) if on]
