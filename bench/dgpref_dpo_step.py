@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mllm_nle import models, world, world_data
-from mllm_nle.recipes.dgpref import PreferenceCollator, train_only
+from mllm_nle.recipes.dgpref import PreferenceCollator
 from mllm_nle.recipes.dgpref_pipeline import CAPTION_PROMPTS
 from mllm_nle.train import attach_reference_logps, build_trainer, get_method, make_training_args, precompute_reference_logps
 
@@ -41,7 +41,8 @@ def caption_pairs(n: int, size: int) -> list[dict]:
 
 def run(bb: models.Backbone, n_pairs: int, size: int, steps: int, device: str, grad_ckpt: bool) -> dict:
     recs = caption_pairs(n_pairs, size)
-    bb.model = models.add_lora(bb.model, r=32, alpha=32, dropout=0.0)
+    bb.model = models.add_lora(bb.model, r=32, alpha=32, dropout=0.0, targets=["q_proj", "v_proj"], on_vision=True,
+                               vision_targets=["q_proj", "v_proj"])   # the release: q/v in the LLM and the CLIP tower
     col = PreferenceCollator(bb.processor)
     ref = Path(tempfile.mkdtemp())/"ref.json"
     if device.startswith("cuda"): torch.cuda.synchronize()
@@ -51,7 +52,7 @@ def run(bb: models.Backbone, n_pairs: int, size: int, steps: int, device: str, g
     cache_s = time.perf_counter() - t
     out = dict(cache_pairs_per_s=round(n_pairs / cache_s, 3))
     for mode in ("cached", "live"):
-        method = train_only(get_method("dpo", beta=0.1, reference="batch" if mode == "cached" else "live"), ["q_proj", "v_proj"])
+        method = get_method("dpo", beta=0.1, reference="batch" if mode == "cached" else "live")
         args = make_training_args(tempfile.mkdtemp(), max_steps=steps + 1, per_device_train_batch_size=n_pairs, report_to="none",
                                   save_strategy="no", logging_steps=10_000, learning_rate=1e-6, warmup_steps=0, disable_tqdm=True,
                                   gradient_checkpointing=grad_ckpt, use_cpu=not device.startswith("cuda"), bf16=device.startswith("cuda"),

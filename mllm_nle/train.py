@@ -540,7 +540,7 @@ def _sft_loss(mean_logps, weights=None):
 @register_method("sft", data="llava")
 def sft_method(weighted: bool = False) -> Method:
     "Supervised fine-tuning on responses (`weighted`: multiply each row by its record weight)."
-    from mllm_nle.data import SFTCollator
+    from mllm_nle.batches import SFTCollator
     return Method("sft", _sft_loss, lambda b, f: dict(mean_logps=f["logps"].mean, weights=b.get("weights") if weighted else None),
                   collator=SFTCollator)
 

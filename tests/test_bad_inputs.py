@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm_nle import data as D
+from mllm_nle import batches as B, data as D
 from mllm_nle import models
 from mllm_nle import train as T
 from mllm_nle.core import ConfigError, DataFileError, load_config, save_json
@@ -73,7 +73,7 @@ def test_decompression_bomb_is_refused_without_memory(tmp_path):
     assert f"{bomb}: image too large: 1,600,000,000 pixels" in refused(D.open_image, bomb)
     probe = f"""
 import resource
-from mllm_nle import data as D
+from mllm_nle import batches as B, data as D
 from mllm_nle.core import DataFileError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for f in (D.open_image, D.check_image):
@@ -125,7 +125,7 @@ def test_collator_and_params_carry_the_limit(tmp_path):
     "The limit reaches the collator that opens images at training time, and is a strict param of every recipe."
     Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
     bb = models.tiny_backbone("qwen2_5_vl", "xs")
-    col = D.SFTCollator(bb.processor, max_image_pixels=5000)
+    col = B.SFTCollator(bb.processor, max_image_pixels=5000)
     rec = dict(id="r0", image=str(tmp_path / "a.png"), prompt="What?", response="Nothing.")
     assert f"{tmp_path / 'a.png'}: image too large: 100x100 = 10,000 pixels, over max_image_pixels=5,000" in refused(col, [rec])
     (tmp_path / "mcle_x.yaml").write_text("run_name: x\nmax_image_pixels: 5000\n")
@@ -140,7 +140,7 @@ def test_one_pixel_image_is_upsampled_by_the_processor(tmp_path):
     assert img.size == (1, 1) and img.mode == "RGB"
     for family in ("qwen2_5_vl", "llava"):
         bb = models.tiny_backbone(family, "xs")
-        b = D.SFTCollator(bb.processor)([dict(id="d", image=str(tmp_path / "dot.png"), prompt="What color?", response="Red.")])
+        b = B.SFTCollator(bb.processor)([dict(id="d", image=str(tmp_path / "dot.png"), prompt="What color?", response="Red.")])
         with torch.no_grad(): assert torch.isfinite(models.sequence_logps(bb.model, b).sum).all(), family
 
 
@@ -233,7 +233,7 @@ def test_torn_checkpoint_named_explicitly_is_refused(checkpoint, tmp_path):
 # ---------------------------------------------------------------- reference log-prob cache
 def test_corrupt_reference_partial_file_names_file_and_line(tmp_path, caplog):
     bb = models.tiny_backbone("qwen2_5_vl", "xs")
-    recs, col = T.toy_records(4, tmp_path), D.SFTCollator(bb.processor)
+    recs, col = T.toy_records(4, tmp_path), B.SFTCollator(bb.processor)
     out, part = tmp_path / "ref.json", tmp_path / "ref.json.partial.jsonl"
     whole = T.precompute_reference_logps(bb.model, recs, col, out, batch_size=2).read_bytes()
     # a partial file left by another run (other records, batch size or weights) is discarded, with a warning

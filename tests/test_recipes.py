@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mllm_nle import data as D, models
+from mllm_nle import batches as B, data as D, models
 from mllm_nle.core import shared_data
 from mllm_nle.losses import MCM_CONDITIONS
 from mllm_nle.recipes import dgpref, hacl, mcle, mcmdpo
@@ -27,7 +27,7 @@ def n_images(batch):
     return len(batch["image_grid_thw"]) if "image_grid_thw" in batch else len(batch["pixel_values"])
 
 
-def trained(proc, batch, row): return D.trained_text(proc, batch, row)
+def trained(proc, batch, row): return B.trained_text(proc, batch, row)
 
 
 @needs_shared

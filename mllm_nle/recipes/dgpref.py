@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..core import ConfigError
-from ..data import Collator
+from ..batches import Collator
 from ..experiment import RunConfig
 from ..train import Method, batch_reference_logps, register_method, toy_answer, toy_images
 

@@ -8,7 +8,7 @@ import random, re
 from pathlib import Path
 
 from ..core import ConfigError, get_logger
-from ..data import stable_seed
+from ..batches import stable_seed
 from .dgpref import ABSENT, ASPECTS, DROPPED, REFUTED, SUPPORTED
 from .dgpref_decompose import IMAGE_CONSTANT, local_model_dir
 

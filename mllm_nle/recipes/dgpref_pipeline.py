@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..core import DataFileError, get_logger, load_json, save_json, shared_data
-from ..data import stable_seed
+from ..batches import stable_seed
 from ..experiment import cache_root, cached_dir, config_key
 from .dgpref import (DGPrefConfig, PreferenceCollator, build_preference_pairs, caption_score, noisy_name)
 from .dgpref_decompose import check_key, decompose_captions, gen_program, n_claims

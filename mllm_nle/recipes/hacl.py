@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core import ConfigError, get_logger
-from ..data import HACL_PROMPT, Collator, stable_seed, text_batch
+from ..data import HACL_PROMPT
+from ..batches import Collator, stable_seed, text_batch
 from ..experiment import RunConfig
 from ..losses import HACLHead, hacl_loss
 from ..train import Method, register_method, toy_images
@@ -129,7 +130,7 @@ class HACLCollator(Collator):
 
     def show(self, batch: dict, rows=None, width: int = 220):
         "Print the LM rows, then the captions and hallucinated captions read alone."
-        from mllm_nle.data import show_batch
+        from mllm_nle.batches import show_batch
         show_batch(self.processor, batch["lm"], rows, width, names=self.row_names(batch))
         for k in ("captions", "hallucinated"):
             if len(batch[k]["input_ids"]): show_batch(self.processor, batch[k], None, width, names=[f"{k} #{i}" for i in range(len(batch[k]["input_ids"]))])

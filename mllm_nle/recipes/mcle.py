@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..core import ConfigError, get_logger, load_json
-from ..data import MCLE_LEVELS, SFTCollator, text_batch
+from ..data import MCLE_LEVELS
+from ..batches import SFTCollator, text_batch
 from ..experiment import (Arm, RunConfig, cache_root, cached_dir, config_key, repo_path, run_arms, run_study,
                                  summary_table, train_baseline)
 from ..losses import MCLE_VARIANTS

@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from PIL import Image
 
 from ..core import ConfigError
-from ..data import Collator, load_swift_pairs, stable_seed   # load_swift_pairs: the ms-swift format (see data)
+from ..data import load_swift_pairs   # load_swift_pairs: the ms-swift format (see data)
+from ..batches import Collator, stable_seed
 from ..experiment import RunConfig
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from ..train import Method, batch_reference_logps, register_method, toy_answer, toy_images
