@@ -244,12 +244,16 @@ def tiny_backbone(family: str = "qwen2_5_vl", size: str = "xs", seed: int = 0, c
 
 # %% ../nbs/02_models.ipynb #6f561008
 def resolve_backbone(spec: str, device: str | None = None) -> Backbone:
-    "`tiny:<family>:<size>[:<seed>]` builds the embedded default; anything else is a local path or hub id."
+    "`tiny:<family>:<size>[:<seed>]` builds the embedded default (`seeing`: the seeing base); anything else is a local path or hub id."
     if spec.startswith("tiny:"):
         parts = spec.split(":")
         if len(parts) not in (3, 4) or not all(parts[1:]):
             raise ValueError(f"backbone {spec!r}: expected tiny:<family>:<size>[:<seed>], e.g. tiny:qwen2_5_vl:xs")
-        return tiny_backbone(parts[1], parts[2], seed=int(parts[3]) if len(parts) == 4 else 0, device=device)
+        seed = int(parts[3]) if len(parts) == 4 else 0
+        if parts[2] == "seeing":
+            from mllm_nle import seeing   # lazily: seeing builds on this module
+            return seeing.seeing_backbone(parts[1], seed=seed, device=device)
+        return tiny_backbone(parts[1], parts[2], seed=seed, device=device)
     return load_backbone(spec, device=device)
 
 # %% ../nbs/02_models.ipynb #4da54dff

@@ -5,11 +5,12 @@ import pytest
 import yaml
 
 from mllm_nle.core import ConfigError, load_config
-from mllm_nle import gym
+from mllm_nle import gym, seeing
 from mllm_nle.recipes import dgpref, hacl, mcle, mcmdpo
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"mcle": mcle.MCLEConfig, "dgpref": dgpref.DGPrefConfig, "hacl": hacl.HACLConfig, "mcmdpo": mcmdpo.MCMDPOConfig}
+CONFIGS = {"mcle": mcle.MCLEConfig, "dgpref": dgpref.DGPrefConfig, "hacl": hacl.HACLConfig, "mcmdpo": mcmdpo.MCMDPOConfig,
+           "seeing": seeing.SeeingConfig}
 PARAMS = sorted((ROOT/"params").rglob("*.yaml"))
 
 
