@@ -39,6 +39,7 @@ class RunConfig:
     sft_steps: int = 600
     sft_lr: float = 2e-3
     sft_batch_size: int = 16
+    sft_freeze_vision: bool = False    # keep a pre-trained vision tower fixed in the baseline (the seeing backbones see better so)
     # stage 2: the arms, LoRA, equal steps
     steps: int = 150                   # 0: train by epochs
     epochs: float = 1.0
@@ -129,6 +130,7 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
     from mllm_nle import models, train
     if cfg.sft_steps <= 0: return Path(cfg.backbone)
     method = method or train.get_method("sft")
+    if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
     key = config_key(b=cfg.backbone, d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
                      bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2)
     def build(d):

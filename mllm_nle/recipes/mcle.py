@@ -32,6 +32,11 @@ ARM_SPECS = (*MCLE_VARIANTS, "multilevel+features")
 @dataclass
 class MCLEConfig(RunConfig):
     experiment = "mcle"
+    # the embedded default: the seeing tiny Qwen2.5-VL (`models.resolve_backbone`), its native 84 px images, and a
+    # baseline at a gentler learning rate
+    backbone: str = "tiny:qwen2_5_vl:seeing"
+    sft_lr: float = 1e-3
+    sft_freeze_vision: bool = False   # params/mcle_demo.yaml and the study keep it (True)
     # data: files, or the synthetic world when train_file is None
     train_file: str | None = None
     test_file: str | None = None
@@ -39,7 +44,7 @@ class MCLEConfig(RunConfig):
     n_train: int = 1500                # synthetic: scenes behind the training records
     n_test: int = 96
     test_split: str = "standard"       # synthetic: standard | hard (crowded scenes, two-fact questions: world_data.HARD_TEST)
-    image_size: int = 112
+    image_size: int = 84               # the seeing backbones' grid: one visual token per cell
     max_test: int | None = None        # evaluate on the first N test items
     # the MCLE arms: a variant (official | bounded | multilevel), or multilevel+features
     variant: str = "multilevel"

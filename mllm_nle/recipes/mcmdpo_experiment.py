@@ -112,7 +112,9 @@ def with_reference(cfg: MCMDPOConfig, base: Path, data: AltTextData, batch_size:
     from mllm_nle import models, train
     from mllm_nle.core import DataFileError
     src = str(base) if cfg.sft_steps > 0 else cfg.backbone
-    key = config_key(base=src, data=data.train_key, n=len(data.train), neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space),
+    # a cached baseline's folder name is already the hash of its config: key by it, not by where the cache lives
+    base_id = Path(src).name if (Path(src)/"done.json").exists() else src
+    key = config_key(base=base_id, data=data.train_key, n=len(data.train), neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space),
                      seed=cfg.data_seed, v=1)
     path = cache_root(cfg)/"reference"/f"ref-{key}.json"
     try: return train.attach_reference_logps(data.train, path)
