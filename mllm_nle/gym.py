@@ -61,14 +61,17 @@ GYM_DEFAULTS = {
 GYM_OWNS = ("backbone", "sft_steps", "sft_lr", "sft_batch_size", "steps", "seed", "seeds", "device", "data_seed", "cache_dir",
             "output_root", "run_name", "on_error", "max_image_pixels")
 "Recipe fields the gym sets for every recipe (a per-recipe override of one is an error)."
-SHARED = ("lr", "warmup_ratio", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "gradient_checkpointing")
+SHARED = ("image_size", "lr", "warmup_ratio", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "gradient_checkpointing")
 "Gym fields passed to every recipe unless its override dict sets them."
 
 @dataclass
 class GymConfig(RunConfig):
     experiment = "gym"
     run_name: str = "cpu"
-    backbone: str = "tiny:llava:xs"   # tiny:llava:seeing once the seeing backbone lands
+    backbone: str = "tiny:llava:seeing"   # the seeing tiny LLaVA (nbs/02a_seeing.ipynb); tiny:llava:xs is the blind one
+    image_size: int = 84              # every recipe's world images: the seeing backbones' native grid, one token per cell
+    sft_lr: float = 1e-3
+    sft_freeze_vision: bool = True    # the common base keeps the pre-trained vision tower fixed
     rows: list[str] = field(default_factory=lambda: list(ROWS))
     budget: int = 120_000             # forward–backward tokens per arm (LLM tokens of every row, image tokens included)
     budget_batches: int = 12          # batches collated per arm to measure its tokens per step
