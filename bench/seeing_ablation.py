@@ -3,6 +3,8 @@ evaluated by the recipe on held-out synthetic-world scenes; one JSON per arm und
 
     python bench/seeing_ablation.py                   # every arm, one after the other (cached: a re-run only evaluates)
     python bench/seeing_ablation.py --arms d_seeing   # some arms
+    python bench/seeing_ablation.py --arms d_seeing --data-seed 1   # a replicate: other SFT data, test scenes and
+                                                                    # SFT seed (the recipe's data_seed); writes d_seeing_seed1.json
 
 Arms (Qwen2.5-VL family unless named; all but (a) at 84 px):
   a_blind_xs          the plain `tiny:qwen2_5_vl:xs` at 112 px (random weights; the old default)
@@ -53,10 +55,10 @@ def arm_base(arm: dict) -> tuple[str, dict | None]:
     return str(d), json.loads((Path(d) / "base_build.json").read_text())
 
 
-def run_arm(name: str) -> dict:
+def run_arm(name: str, data_seed: int = 0) -> dict:
     arm = ARMS[name]
     backbone, build = arm_base(arm)
-    cfg = mcle.MCLEConfig(backbone=backbone, image_size=arm.get("image_size", 84), cache_dir=str(CACHE), **SFT)
+    cfg = mcle.MCLEConfig(backbone=backbone, image_size=arm.get("image_size", 84), cache_dir=str(CACHE), data_seed=data_seed, **SFT)
     data = mcle.load_mcle_data(cfg)
     positives = [r for r in data.train if r["weight"] > 0]
     # the SFT cache is keyed on the base's weights too (a rebuilt base at the same path is a different base)
@@ -67,7 +69,8 @@ def run_arm(name: str) -> dict:
     bb = models.load_backbone(sft_dir)
     ev = mcle.evaluator(cfg, data)(bb)
     s = ev["summary"]
-    res = dict(arm=name, what=arm["what"], backbone=backbone, image_size=cfg.image_size,
+    tag = name if data_seed == 0 else f"{name}_seed{data_seed}"
+    res = dict(arm=tag, what=arm["what"] + ("" if data_seed == 0 else f" [data seed {data_seed}]"), data_seed=data_seed, backbone=backbone, image_size=cfg.image_size,
                base_config=build["config"] if build else None, base_sha256=build["model_sha256"] if build else None,
                build_seconds=build["seconds"]["total"] if build else 0.0, build_seconds_by_stage=build["seconds"] if build else None,
                base_probes=dict(vision=build.get("vision_probe"), instruct=build.get("instruct_probe")) if build else None,
@@ -81,8 +84,8 @@ def run_arm(name: str) -> dict:
                examples=[dict(question=r["question"], answer=r["answer"], output=r["output"]) for r in ev["rows"][:6]],
                machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                             cuda=torch.cuda.is_available()))
-    save_json(OUT / f"{name}.json", res)
-    print(f"{name}: accuracy {res['accuracy']:.3f} consistency {res['consistency']:.3f} "
+    save_json(OUT / f"{tag}.json", res)
+    print(f"{tag}: accuracy {res['accuracy']:.3f} consistency {res['consistency']:.3f} "
           f"by type {json.dumps({t: round(v, 3) for t, v in res['accuracy_by_type'].items()})}", flush=True)
     return res
 
@@ -90,8 +93,9 @@ def run_arm(name: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--data-seed", type=int, default=0, help="the SFT data, test scenes and SFT seed (MCLEConfig.data_seed)")
     a = ap.parse_args(argv)
-    for name in a.arms: run_arm(name)
+    for name in a.arms: run_arm(name, a.data_seed)
 
 
 if __name__ == "__main__":
