@@ -58,7 +58,8 @@ def arm_base(arm: dict) -> tuple[str, dict | None]:
 def run_arm(name: str, data_seed: int = 0) -> dict:
     arm = ARMS[name]
     backbone, build = arm_base(arm)
-    cfg = mcle.MCLEConfig(backbone=backbone, image_size=arm.get("image_size", 84), cache_dir=str(CACHE), data_seed=data_seed, **SFT)
+    cfg = mcle.MCLEConfig(backbone=backbone, image_size=arm.get("image_size", 84), cache_dir=str(CACHE), data_seed=data_seed,
+                          sft_freeze_vision=False, **SFT)   # every part trained unless the arm says `trainable`
     data = mcle.load_mcle_data(cfg)
     positives = [r for r in data.train if r["weight"] > 0]
     # the SFT cache is keyed on the base's weights too (a rebuilt base at the same path is a different base)
