@@ -226,12 +226,22 @@ def _mcle_smoke():
     from test_mcle import SMOKE   # the smoke params the MCLE notebook is tested with
     return SMOKE
 
+def _hacl_smoke():
+    from test_hacl import SMOKE
+    return SMOKE
+
+def _mcmdpo_smoke():
+    from test_mcmdpo import SMOKE
+    return SMOKE
+
 def _gym_smoke():
     from test_gym import SMOKE   # one seed, a few steps, every row of all four recipes from one base
     return SMOKE
 
-NOTEBOOKS = [  # (notebook, outputs/<experiment>, smoke params); the gym's smoke run trains and evaluates all four recipes
-    ("mcle_train.ipynb", "mcle", _mcle_smoke),
+NOTEBOOKS = [  # (notebook, outputs/<experiment>, smoke params). The gym's smoke run also runs DGPref's data pipeline and
+    ("mcle_train.ipynb", "mcle", _mcle_smoke),       # training from one process (dgpref_data/dgpref_train add only the
+    ("hacl_train.ipynb", "hacl", _hacl_smoke),       # notebooks around them; test_dgpref kills and resumes the data one)
+    ("mcmdpo_train.ipynb", "mcmdpo", _mcmdpo_smoke),
     ("gym_report.ipynb", "gym", _gym_smoke),
 ]
 # What may differ between two runs with the same params and seed, and why. Nothing else does on a CPU: metrics,
