@@ -131,7 +131,10 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
     if cfg.sft_steps <= 0: return Path(cfg.backbone)
     method = method or train.get_method("sft")
     if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
-    key = config_key(b=cfg.backbone, d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
+    # a cached baseline's folder name is already the hash of its config: key by it, not by where the cache lives
+    src = Path(cfg.backbone)
+    base_id = src.name if (src/"done.json").exists() else cfg.backbone
+    key = config_key(b=base_id, d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
                      bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2)
     def build(d):
         seed_everything(cfg.data_seed)

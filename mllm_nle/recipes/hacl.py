@@ -107,6 +107,10 @@ def _is_contrastive(r: dict) -> bool: return bool(r.get("hallucinated")) and (r.
 def _hallucinated_texts(r: dict) -> list[str]:
     return [h["caption"] if isinstance(h, dict) else h for h in (r.get("hallucinated") or [])] if _is_contrastive(r) else []
 
+def _image_identity(key) -> str:
+    "An image's identity for the ITA loss: its last two path parts, so a run gives the same keys in any folder."
+    return "/".join(str(key).replace("\\", "/").split("/")[-2:])
+
 class HACLCollator(Collator):
     "HACL batches: the LM batch of every record plus text batches of the contrastive records' true and hallucinated captions."
     def __call__(self, records) -> dict:
@@ -116,7 +120,7 @@ class HACLCollator(Collator):
         hal = [(c, h) for c, i in enumerate(rows) for h in _hallucinated_texts(records[i])]
         keys = torch.zeros(int(lm["image_index"].max().item()) + 1 if len(exs) else 0, dtype=torch.long)
         for ex, k in zip(exs, lm["image_index"].tolist()):
-            if k >= 0: keys[k] = stable_seed(ex["image_key"])
+            if k >= 0: keys[k] = stable_seed(_image_identity(ex["image_key"]))
         return dict(lm=lm, captions=text_batch(self.processor, [_caption(records[i]) for i in rows]),
                     hallucinated=text_batch(self.processor, [h for _, h in hal]),
                     contrastive_rows=torch.tensor(rows, dtype=torch.long),
