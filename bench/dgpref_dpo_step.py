@@ -16,10 +16,12 @@ oracle-edited one; LoRA r 32 / alpha 32 on q/v, as released):
 Reported per mode: pairs/s (median of `--steps` timed steps after one warm-up) and, on CUDA, peak memory. Prints one
 JSON line (also written to --out)."""
 from __future__ import annotations
-import argparse, json, random, statistics, sys, tempfile, time
+import argparse, random, statistics, sys, tempfile, time
 from pathlib import Path
 
 import torch
+
+from bench_io import emit
 
 from mllm_nle import models, world, world_data
 from mllm_nle.recipes.dgpref import PreferenceCollator
@@ -107,10 +109,7 @@ def main(argv=None):
     res = dict(bench="dgpref_dpo_step", backbone=name, device=device, threads=a.threads, pairs=n, torch=torch.__version__,
                gpu=torch.cuda.get_device_name() if device.startswith("cuda") else None,
                result=run(bb, n, size, a.steps, device, a.grad_ckpt or (big and not a.smoke)))
-    line = json.dumps(res)
-    print(line)
-    if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(line + "\n")
-    return res
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ per image at temperature 0.7), decomposition claims/s (rule-based), verification
 oracles, MLLM-as-VQA), scoring + pairing pairs/s, and reference log-probs pairs/s (the engine's cache). Prints one
 JSON line (also written to --out)."""
 from __future__ import annotations
-import argparse, json, os, platform, tempfile, time
+import argparse, os, platform, tempfile, time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
+
+from bench_io import emit
 
 from mllm_nle.core import load_config, repo_root
 from mllm_nle.recipes.dgpref import DGPrefConfig
@@ -42,10 +43,7 @@ def main(argv=None):
                machine=dict(platform=platform.platform(), cpus=os.cpu_count(), threads=a.threads, torch=torch.__version__,
                             device=cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                             load_average=os.getloadavg() if hasattr(os, "getloadavg") else None))
-    line = json.dumps(res)
-    print(line)
-    if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(line + "\n")
-    return res
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

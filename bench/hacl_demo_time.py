@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse, json, os, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 
+from bench_io import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,10 +41,7 @@ def main(argv=None):
         if a.warm: res["warm"] = run_once(Path(d), a.params, "warm")
     info = dict(params=a.params or "(none: HACLConfig defaults)", machine=platform.machine(), cpus=os.cpu_count(),
                 omp_threads=os.environ.get("OMP_NUM_THREADS"), load_avg_at_end=os.getloadavg(), **res)
-    print(json.dumps(info, indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(info, indent=1))
-    return info
+    return emit(info, a.out, indent=1)
 
 
 if __name__ == "__main__":

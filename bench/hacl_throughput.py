@@ -23,10 +23,12 @@ as the chat batch itself, so it cannot meet that target; `in_context` is how we 
 small (the text-only pass is ~100 tokens a row).
 """
 from __future__ import annotations
-import argparse, gc, json, sys, time
+import argparse, gc, sys, time
 from pathlib import Path
 
 import torch
+
+from bench_io import emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -128,10 +130,7 @@ def main(argv=None):
     info = dict(shape="tiny" if a.tiny else "llava-1.5-7b", device=device,
                 device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu", batch=a.batch,
                 lm_tokens_per_row=res["sft"]["tokens"] / a.batch, steps=a.steps, torch=torch.__version__, results=res)
-    print(json.dumps(info, indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(info, indent=1))
-    return info
+    return emit(info, a.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ The LLaVA-1.5-7B shape (CLIP ViT-L/14-336 + Llama-2-7B, random bf16 weights, not
 LLaVA tokenizer, whose ids fall inside the real vocabulary, and real 336x336 images (576 visual tokens each).
 Prints one JSON line (also written to --out)."""
 from __future__ import annotations
-import argparse, json, statistics, tempfile, time
+import argparse, statistics, tempfile, time
 from pathlib import Path
 
 import torch
+
+from bench_io import emit
 
 from mllm_nle import models, world_data
 from mllm_nle.data import load_mcmdpo_train
@@ -150,10 +152,7 @@ def main(argv=None):
             res["runs"][f"tiny:{fam}:xs"] = run(models.tiny_backbone(fam, "xs", device=device), a.records or 4, 112, a.steps, a.vision,
                                                a.grad_ckpt, device)
     res["records"] = a.records or (1 if big else 4)
-    line = json.dumps(res)
-    print(line)
-    if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(line + "\n")
-    return res
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

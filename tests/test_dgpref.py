@@ -1,12 +1,13 @@
 """DGPref end to end: the data notebook killed mid-run and resumed without redoing finished ids, the train notebook
 on its pairs (papermill, smoke params), and the bad inputs the issue names."""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, time
 from pathlib import Path
 
 import pytest, yaml
 
 from mllm_nle.core import ConfigError, DataFileError, load_config, load_json
 from mllm_nle.recipes import dgpref, dgpref_decompose as D, dgpref_pipeline as P
+from notebook_runs import papermill_cmd, papermill_env
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 10
@@ -17,11 +18,9 @@ SMOKE = dict(run_name="smoke", n_sft=24, sft_steps=100, sft_batch_size=8, sft_lr
 
 def _cmd(tmp_path, params: dict, notebook: str, out_nb: str):
     pf = tmp_path/f"{out_nb}.yaml"; pf.write_text(yaml.safe_dump(params))
-    return [sys.executable, "-m", "papermill", str(ROOT/"nbs"/notebook), str(tmp_path/f"{out_nb}.ipynb"), "-f", str(pf),
-            "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle"]
+    return papermill_cmd(notebook, tmp_path/f"{out_nb}.ipynb", pf)
 
-def _env():
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+def _env(): return papermill_env(OMP_NUM_THREADS="1")
 
 def _descendants(pid: int) -> list[int]:
     "Every process below `pid` (from /proc), deepest first: papermill's kernel runs in a session of its own."

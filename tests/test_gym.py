@@ -1,14 +1,14 @@
 """The hallucination gym end to end: the report notebook through papermill at smoke size (one seed, a few steps,
 every row), the CPU tier being the notebook's default, and strict parameters."""
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mllm_nle import gym
 from mllm_nle.core import ConfigError, load_config
 from mllm_nle.experiment import notebook_config
+from notebook_runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,12 +21,7 @@ SMOKE = dict(run_name="smoke", seeds=[0], sft_steps=2, sft_batch_size=4, budget=
 
 
 def _papermill(tmp_path, params: dict, extra=()):
-    params = {**params, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}
-    pf = tmp_path/"params.yaml"; pf.write_text(yaml.safe_dump(params))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/"gym_report.ipynb"), str(tmp_path/"executed.ipynb"), "-f", str(pf),
-           "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_notebook("gym_report.ipynb", tmp_path, params, extra)
 
 
 def test_gym_report_smoke(tmp_path):

@@ -13,6 +13,7 @@ from mllm_nle.core import DataFileError, save_json
 from mllm_nle.losses import hacl_contrastive_loss
 from mllm_nle.recipes import hacl, hacl_data
 from mllm_nle.train import get_method
+from notebook_runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = dict(run_name="smoke", n_train=24, n_vqa=1, n_probe=6, n_bench=4, sft_steps=4, sft_batch_size=4, steps=3, batch_size=4,
@@ -23,12 +24,7 @@ torch.set_num_threads(1)
 
 
 def _run_papermill(tmp_path, params: dict, extra=()):
-    params = {**params, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}
-    pf = tmp_path/"params.yaml"; pf.write_text(yaml.safe_dump(params))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/"hacl_train.ipynb"), str(tmp_path/"executed.ipynb"), "-f", str(pf),
-           "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_notebook("hacl_train.ipynb", tmp_path, params, extra)
 
 
 def test_hacl_notebook_smoke(tmp_path):

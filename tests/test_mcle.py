@@ -1,7 +1,8 @@
 "MCLE end to end: the experiment notebook through papermill with smoke parameters."
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 import pytest, yaml
+from notebook_runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = dict(run_name="smoke", n_train=24, n_test=6, sft_steps=6, sft_batch_size=4, steps=3, batch_size=4,
@@ -9,13 +10,7 @@ SMOKE = dict(run_name="smoke", n_train=24, n_test=6, sft_steps=6, sft_batch_size
              compare_variants=["official"], gallery_size=2)
 
 def _run_papermill(tmp_path, params: dict, notebook: str, extra=()):
-    params = {**params, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}
-    pf = tmp_path/"params.yaml"; pf.write_text(yaml.safe_dump(params))
-    out_nb = tmp_path/"executed.ipynb"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/notebook), str(out_nb), "-f", str(pf),
-           "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_notebook(notebook, tmp_path, params, extra)
 
 def _papermill(tmp_path, params: dict, notebook: str = "mcle_train.ipynb"):
     r = _run_papermill(tmp_path, params, notebook)

@@ -1,7 +1,7 @@
 """MCM-DPO end to end: the experiment notebook through papermill (smoke params, and the released Twitter samples in
 their own format), the stored reference agreeing with what training sees, one encoding per distinct image,
 the paradigms' reference rule, and bad input."""
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from mllm_nle.core import ConfigError, DataFileError, shared_data
 from mllm_nle.losses import MCM_CONDITIONS
 from mllm_nle.recipes import mcmdpo, mcmdpo_experiment as mx
 from mllm_nle.train import build_trainer, get_method, make_training_args
+from notebook_runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 MCM = shared_data("mcm-dpo-samples")
@@ -24,12 +25,7 @@ SMOKE = dict(run_name="smoke", n_train=16, n_test=4, sft_steps=4, sft_batch_size
 
 
 def _papermill(tmp_path, params: dict, notebook: str = "mcmdpo_train.ipynb", extra=()):
-    params = {**params, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}
-    pf = tmp_path/"params.yaml"; pf.write_text(yaml.safe_dump(params))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "papermill", str(ROOT/"nbs"/notebook), str(tmp_path/"executed.ipynb"), "-f", str(pf),
-           "--cwd", str(ROOT/"nbs"), "-k", "mllm-nle", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_notebook(notebook, tmp_path, params, extra)
 
 
 def test_mcmdpo_notebook_smoke(tmp_path):

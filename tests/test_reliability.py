@@ -15,10 +15,12 @@ import pytest
 from mllm_nle import train as T
 from mllm_nle.core import save_json
 from mllm_nle.recipes import dgpref
+from notebook_runs import papermill_env, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+PINNED = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+          "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, **PINNED}
 
 
 def child(script: str, *args, kill_on: str | None = None, log=None, timeout: int = 240):
@@ -265,14 +267,9 @@ def comparable(path: Path, run_root: Path):
     except json.JSONDecodeError: return [norm(json.loads(l)) for l in text.splitlines() if l.strip()]   # JSON Lines named .json (MCM-DPO's format)
 
 
-def run_notebook(notebook: str, params: dict, d: Path) -> subprocess.CompletedProcess:
-    import yaml
-    params = {**params, "cache_dir": str(d / "cache"), "output_root": str(d / "outputs")}   # no shared cache: both train all
-    (d / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "nbs" / notebook), str(d / "executed.ipynb"),
-                           "-f", str(d / "params.yaml"), "--cwd", str(ROOT / "nbs"), "-k", "mllm-nle"],
-                          env={**ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"},
-                          capture_output=True, text=True, timeout=900)
+def run_in(notebook: str, params: dict, d: Path) -> subprocess.CompletedProcess:
+    "One run in `d`, its own cache and outputs there (no shared cache: both runs train everything)."
+    return run_notebook(notebook, d, params, env=papermill_env(**PINNED))
 
 
 @pytest.mark.parametrize("notebook,experiment,smoke", NOTEBOOKS, ids=[n[0] for n in NOTEBOOKS])
@@ -283,7 +280,7 @@ def test_experiment_notebook_is_deterministic(notebook, experiment, smoke, tmp_p
     params = smoke()
     for k in ("a", "b"):
         (tmp_path / k).mkdir()
-        r = run_notebook(notebook, params, tmp_path / k)
+        r = run_in(notebook, params, tmp_path / k)
         assert r.returncode == 0, r.stderr[-3000:]
     def listing(k):
         roots = (tmp_path / k / "outputs" / experiment / params["run_name"], tmp_path / k / "cache")
