@@ -41,6 +41,7 @@ SEEING_SIZES = {**models.TINY_SIZES, "xsv": {**models.TINY_SIZES["xs"], "v_hidde
 SEEING_VERSION = 1   # bump when the build code changes the weights: it is part of the key
 NOT_IN_KEY = ("run_name", "device", "probe_scenes", "probe_questions", "log_every")
 
+# %% ../nbs/02a_seeing.ipynb #e1506a29
 @dataclass
 class SeeingConfig:
     "A seeing base: family, size, image size, and the two stages' steps, learning rates and batch sizes."
@@ -85,6 +86,7 @@ class SeeingConfig:
         if not 0 <= self.word_layer <= SEEING_SIZES[self.size]["layers"]:
             raise ConfigError(f"{name}: word_layer must be within the LM's {SEEING_SIZES[self.size]['layers']} layers")
 
+# %% ../nbs/02a_seeing.ipynb #c10beda4
 def seeing_key(cfg: SeeingConfig, keys=None) -> str:
     "Hash of the settings the weights depend on (all of them but `NOT_IN_KEY`, or only `keys`), and transformers' version."
     d = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY and (keys is None or k in keys)}

@@ -22,8 +22,9 @@ __all__ = ['log', 'FEATURES', 'METHODS', 'METHOD_DATA', 'METHOD_PREPARE', 'CHECK
            'compute_features', 'reference_logps', 'policy_and_reference_logps', 'batch_reference_logps', 'check_kwargs',
            'Method', 'register_method', 'prepare_records', 'get_method', 'group_records', 'GroupCollator',
            'CheckpointError', 'mark_checkpoint_complete', 'checkpoint_problem', 'last_complete_checkpoint', 'set_aside',
-           'check_checkpoint_fits', 'BatchTooLargeError', 'MethodTrainer', 'precompute_reference_logps',
-           'attach_reference_logps', 'build_trainer', 'train', 'sft_method', 'toy_images', 'toy_answer', 'toy_records']
+           'check_checkpoint_fits', 'BatchTooLargeError', 'CheckpointingTrainer', 'MethodTrainer',
+           'precompute_reference_logps', 'attach_reference_logps', 'build_trainer', 'train', 'sft_method', 'toy_images',
+           'toy_answer', 'toy_records']
 
 # %% ../nbs/07_train.ipynb #6a7b3dac
 def _has_tensorboard() -> bool:
@@ -320,45 +321,9 @@ def _inside_wrapper(wrapper, inner, fn, batch):
     finally: del inner.forward
 
 # %% ../nbs/07_train.ipynb #c2f3d32d
-class MethodTrainer(Trainer):
-    "A `Trainer` whose loss is `method(model, batch)`; logs every metric the method returns."
-    def __init__(self, *args, method: Method, **kw):
-        self.method = method
-        self._stored_metrics = defaultdict(lambda: defaultdict(list))
-        model = kw.get("model", args[0] if args else None)
-        if method.setup is not None and model is not None: method.setup(method, model)
-        if method.modules and model is not None and not hasattr(model, "method_modules"):
-            model.method_modules = torch.nn.ModuleDict(method.modules)   # trained, saved and restored with the model
-        super().__init__(*args, **kw)
-        self.loss_is_scaled_for_ga = False
-        self.model_accepts_loss_kwargs = False
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inner = self.accelerator.unwrap_model(model)
-        loss, metrics = self.method(model, inputs) if inner is model else _inside_wrapper(model, inner, self.method, inputs)
-        split = "train" if model.training else "eval"
-        for k, v in metrics.items():
-            self._stored_metrics[split][k].append(v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)))
-        return (loss, metrics) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        try: return super().training_step(model, inputs, num_items_in_batch)
-        except torch.cuda.OutOfMemoryError as e:
-            raise BatchTooLargeError(_oom_message(self.args, inputs, e)) from e
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(): loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def log(self, logs: dict, start_time=None):
-        split = "train" if "loss" in logs else "eval"
-        prefix = "" if split == "train" else "eval_"
-        for k, vs in self._stored_metrics.pop(split, {}).items():
-            v = torch.stack([t.to(self.args.device) for t in vs]).mean()
-            logs[prefix + k] = self.accelerator.gather(v.reshape(1)).mean().item()   # mean over processes
-        super().log(logs, start_time)
-
+class CheckpointingTrainer(Trainer):
+    """A `Trainer` whose checkpoints vouch for themselves: `CHECKPOINT_DONE` is written last, a resume takes only a
+    complete checkpoint that fits the model, and a method's own modules (`model.method_modules`) are saved and restored."""
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
         mm = getattr(self.accelerator.unwrap_model(self.model), "method_modules", None)
@@ -408,6 +373,46 @@ class MethodTrainer(Trainer):
         if mm is not None and f.exists():
             from safetensors.torch import load_file
             mm.load_state_dict(load_file(str(f)))
+
+# %% ../nbs/07_train.ipynb #455bd419
+class MethodTrainer(CheckpointingTrainer):
+    "A `Trainer` whose loss is `method(model, batch)`; logs every metric the method returns."
+    def __init__(self, *args, method: Method, **kw):
+        self.method = method
+        self._stored_metrics = defaultdict(lambda: defaultdict(list))
+        model = kw.get("model", args[0] if args else None)
+        if method.setup is not None and model is not None: method.setup(method, model)
+        if method.modules and model is not None and not hasattr(model, "method_modules"):
+            model.method_modules = torch.nn.ModuleDict(method.modules)   # trained, saved and restored with the model
+        super().__init__(*args, **kw)
+        self.loss_is_scaled_for_ga = False
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inner = self.accelerator.unwrap_model(model)
+        loss, metrics = self.method(model, inputs) if inner is model else _inside_wrapper(model, inner, self.method, inputs)
+        split = "train" if model.training else "eval"
+        for k, v in metrics.items():
+            self._stored_metrics[split][k].append(v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)))
+        return (loss, metrics) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        try: return super().training_step(model, inputs, num_items_in_batch)
+        except torch.cuda.OutOfMemoryError as e:
+            raise BatchTooLargeError(_oom_message(self.args, inputs, e)) from e
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(): loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict, start_time=None):
+        split = "train" if "loss" in logs else "eval"
+        prefix = "" if split == "train" else "eval_"
+        for k, vs in self._stored_metrics.pop(split, {}).items():
+            v = torch.stack([t.to(self.args.device) for t in vs]).mean()
+            logs[prefix + k] = self.accelerator.gather(v.reshape(1)).mean().item()   # mean over processes
+        super().log(logs, start_time)
 
 # %% ../nbs/07_train.ipynb #b259e490
 def _to_device(x, device):

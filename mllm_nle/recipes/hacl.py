@@ -21,9 +21,9 @@ from ..train import Method, register_method, toy_images
 log = get_logger("mllm_nle.recipes.hacl")
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'HALLUCINATORS', 'IMAGE_REPRS', 'HACLConfig', 'HACLCollator', 'ita_loss', 'ITAHead',
-           'merge_text_batches', 'in_context_image_states', 'hacl_features', 'llm_hidden_size', 'load_head_state',
-           'HACLMethod', 'hacl_total', 'hacl_method', 'with_probe', 'toy_records']
+__all__ = ['log', 'STAGES', 'HALLUCINATORS', 'IMAGE_REPRS', 'HACLConfig', 'check_hacl_config', 'HACLCollator', 'ita_loss',
+           'ITAHead', 'merge_text_batches', 'in_context_image_states', 'hacl_features', 'llm_hidden_size',
+           'load_head_state', 'HACLMethod', 'hacl_total', 'hacl_method', 'with_probe', 'toy_records']
 
 # %% ../../nbs/10_hacl.ipynb #328db7e8
 STAGES = ("pretrain", "sft")
@@ -75,29 +75,33 @@ class HACLConfig(RunConfig):
     pope_modes: list[str] = field(default_factory=lambda: ["random", "popular", "adversarial"])
 
     def __post_init__(self):
-        super().__post_init__()
-        def one_of(name, allowed):
-            if getattr(self, name) not in allowed: raise ConfigError(f"HACLConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        one_of("hallucinator", HALLUCINATORS); one_of("image_repr", IMAGE_REPRS); one_of("vocabulary", ("world", "coco_amber"))
-        if not self.stages or any(s not in STAGES for s in self.stages) or list(self.stages) != [s for s in STAGES if s in self.stages]:
-            raise ConfigError(f"HACLConfig: stages must be a non-empty ordered subset of {STAGES}, got {self.stages!r}")
-        if self.add_eos and self.image_repr == "in_context":
-            raise ConfigError("HACLConfig: add_eos applies to image_repr='separate' only")
-        if self.hallucinator == "llm" and not self.hallucinator_model:
-            raise ConfigError("HACLConfig: hallucinator='llm' needs hallucinator_model (a local causal LM folder)")
-        if self.n_hallucinated < 1 or self.queue_size < 0: raise ConfigError("HACLConfig: n_hallucinated >= 1 and queue_size >= 0")
-        if self.loss_kwargs: raise ConfigError(f"HACLConfig: set the method's options as fields (ita_weight, hallucinated_t2i, ...), "
-                                               f"not loss_kwargs {sorted(self.loss_kwargs)}")
-        if self.seed != 0: raise ConfigError("HACLConfig: a HACL run trains every seed of `seeds` (a list); `seed` is not used")
-        if self.probe_every and self.probe_every < self.logging_steps:
-            raise ConfigError(f"HACLConfig: probe_every ({self.probe_every}) must be >= logging_steps ({self.logging_steps}), "
-                              "or two probes would be averaged into one log entry")
+        super().__post_init__(); check_hacl_config(self)
 
     def method_kw(self) -> dict:
         "The `hacl` method's options this config sets."
         return dict(ita_weight=self.ita_weight, hallucinated_t2i=self.hallucinated_t2i, image_repr=self.image_repr,
                     add_eos=self.add_eos, queue_size=self.queue_size, gather=self.gather, proj_size=self.proj_size,
                     temperature=self.temperature)
+
+# %% ../../nbs/10_hacl.ipynb #dbfa3d1d
+def check_hacl_config(cfg: HACLConfig):
+    "The checks `HACLConfig` runs on itself: allowed values, and combinations the method cannot run."
+    def one_of(name, allowed):
+        if getattr(cfg, name) not in allowed: raise ConfigError(f"HACLConfig: {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    one_of("hallucinator", HALLUCINATORS); one_of("image_repr", IMAGE_REPRS); one_of("vocabulary", ("world", "coco_amber"))
+    if not cfg.stages or any(s not in STAGES for s in cfg.stages) or list(cfg.stages) != [s for s in STAGES if s in cfg.stages]:
+        raise ConfigError(f"HACLConfig: stages must be a non-empty ordered subset of {STAGES}, got {cfg.stages!r}")
+    if cfg.add_eos and cfg.image_repr == "in_context":
+        raise ConfigError("HACLConfig: add_eos applies to image_repr='separate' only")
+    if cfg.hallucinator == "llm" and not cfg.hallucinator_model:
+        raise ConfigError("HACLConfig: hallucinator='llm' needs hallucinator_model (a local causal LM folder)")
+    if cfg.n_hallucinated < 1 or cfg.queue_size < 0: raise ConfigError("HACLConfig: n_hallucinated >= 1 and queue_size >= 0")
+    if cfg.loss_kwargs: raise ConfigError(f"HACLConfig: set the method's options as fields (ita_weight, hallucinated_t2i, ...), "
+                                           f"not loss_kwargs {sorted(cfg.loss_kwargs)}")
+    if cfg.seed != 0: raise ConfigError("HACLConfig: a HACL run trains every seed of `seeds` (a list); `seed` is not used")
+    if cfg.probe_every and cfg.probe_every < cfg.logging_steps:
+        raise ConfigError(f"HACLConfig: probe_every ({cfg.probe_every}) must be >= logging_steps ({cfg.logging_steps}), "
+                          "or two probes would be averaged into one log entry")
 
 # %% ../../nbs/10_hacl.ipynb #abe0619c
 def _caption(r: dict) -> str: return r.get("caption") or r["response"]

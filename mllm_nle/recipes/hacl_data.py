@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from fastcore.basics import patch
 from ..core import ConfigError, DataFileError, get_logger, load_json, save_json
 from ..experiment import cache_root, cached_dir, config_key, repo_path
 
@@ -129,19 +130,22 @@ class RuleHallucinator:
         if art: before = before[:art.start(1)] + (art.group(1)[0] + ("n" if new[0].lower() in "aeiou" else "")) + " "
         return {"caption": before + new + after, "edits": [{"type": f"{kind}_swap", "before": m.group(1), "after": new, "start": m.start(1)}]}
 
-    def __call__(self, captions: list[str], n: int = 1, seed: int = 0) -> list[list[dict]]:
-        out = []
-        for i, cap in enumerate(captions):
-            rng, got = random.Random(f"{seed}:{i}:{cap}"), []
-            for _ in range(8 * n):
-                if len(got) == n: break
-                e = self.edit(cap, rng)
-                if e is None: self.report["no swappable word"] += 1; break
-                if _same(e["caption"], cap): self.report["same text"] += 1; continue
-                if any(_same(e["caption"], g["caption"]) for g in got): self.report["duplicate"] += 1; continue
-                got.append(e)
-            out.append(got)
-        return out
+# %% ../../nbs/10a_hacl_data.ipynb #e389aebf
+@patch
+def __call__(self: RuleHallucinator, captions: list[str], n: int = 1, seed: int = 0) -> list[list[dict]]:
+    "Up to `n` distinct hallucinated versions of each caption, seeded by (seed, index, caption); misses counted in `report`."
+    out = []
+    for i, cap in enumerate(captions):
+        rng, got = random.Random(f"{seed}:{i}:{cap}"), []
+        for _ in range(8 * n):
+            if len(got) == n: break
+            e = self.edit(cap, rng)
+            if e is None: self.report["no swappable word"] += 1; break
+            if _same(e["caption"], cap): self.report["same text"] += 1; continue
+            if any(_same(e["caption"], g["caption"]) for g in got): self.report["duplicate"] += 1; continue
+            got.append(e)
+        out.append(got)
+    return out
 
 # %% ../../nbs/10a_hacl_data.ipynb #c54aa1c9
 def word_edits(a: str, b: str) -> list[dict]:

@@ -23,9 +23,9 @@ from ..train import Method, batch_reference_logps, register_method, toy_answer, 
 
 # %% auto #0
 __all__ = ['PARADIGMS', 'ARM_SPECS', 'IMAGE_NEGATIVES', 'RELEASE_WEIGHTS', 'CLIP_MEAN', 'CLIP_STD', 'MCMDPOConfig',
-           'check_live_reference', 'vcd_alpha_bar', 'add_diffusion_noise', 'corrupt_image', 'assign_negatives',
-           'MCMDPOCollator', 'weights_outside_adapters', 'trainable_setup', 'needed_conditions', 'prepare_mcm_dpo',
-           'mcm_dpo_method', 'toy_records']
+           'check_mcmdpo_config', 'check_live_reference', 'vcd_alpha_bar', 'add_diffusion_noise', 'corrupt_image',
+           'assign_negatives', 'MCMDPOCollator', 'weights_outside_adapters', 'trainable_setup', 'needed_conditions',
+           'prepare_mcm_dpo', 'mcm_dpo_method', 'toy_records']
 
 # %% ../../nbs/11_mcmdpo.ipynb #9641d287
 PARADIGMS = {"a": (False, False), "b": (False, True), "c": (True, False), "d": (True, True)}
@@ -78,25 +78,29 @@ class MCMDPOConfig(RunConfig):
     gallery_size: int = 6
 
     def __post_init__(self):
-        super().__post_init__()
-        name = type(self).__name__
-        def check(ok, msg):
-            if not ok: raise ConfigError(f"{name}: {msg}")
-        check(self.paradigm in PARADIGMS, f"paradigm {self.paradigm!r} is not one of {sorted(PARADIGMS)}")
-        bad = [a for a in [*self.arms, *self.ablation] if a not in ARM_SPECS]
-        check(not bad, f"unknown arm(s) {bad}; valid: {list(ARM_SPECS)}")
-        bad = [p for p in self.paradigms if p not in PARADIGMS]
-        check(not bad, f"unknown paradigm(s) {bad}; valid: {sorted(PARADIGMS)}")
-        check(self.image_negative in IMAGE_NEGATIVES, f"image_negative {self.image_negative!r} is not one of {IMAGE_NEGATIVES}")
-        check(self.noise_space in ("tensor", "pixel"), f"noise_space must be tensor or pixel, got {self.noise_space!r}")
-        check(0 <= self.noise_step < 1000, f"noise_step must be in 0..999, got {self.noise_step}")
-        check(len(self.weights) == 7, f"weights needs the 7 facet weights, got {len(self.weights)}")
-        check(self.data_format in ("release", "swift"), f"data_format must be release or swift, got {self.data_format!r}")
-        check((self.train_file is None) == (self.test_file is None), "give both train_file and test_file, or neither (synthetic world)")
-        check(self.reference in ("batch", "live"), f"reference must be batch or live, got {self.reference!r}")
-        check(all(b >= 1 for b in self.num_beams) and self.num_beams, f"num_beams must be a non-empty list of beam counts >= 1")
-        if self.reference == "live":
-            for p in dict.fromkeys([self.paradigm, *self.paradigms]): check_live_reference(PARADIGMS[p][1], self.train_projector, f"paradigm {p!r}")
+        super().__post_init__(); check_mcmdpo_config(self)
+
+# %% ../../nbs/11_mcmdpo.ipynb #408a51ef
+def check_mcmdpo_config(cfg: MCMDPOConfig):
+    "The checks `MCMDPOConfig` runs on itself: allowed values, and settings that cannot run together."
+    name = type(cfg).__name__
+    def check(ok, msg):
+        if not ok: raise ConfigError(f"{name}: {msg}")
+    check(cfg.paradigm in PARADIGMS, f"paradigm {cfg.paradigm!r} is not one of {sorted(PARADIGMS)}")
+    bad = [a for a in [*cfg.arms, *cfg.ablation] if a not in ARM_SPECS]
+    check(not bad, f"unknown arm(s) {bad}; valid: {list(ARM_SPECS)}")
+    bad = [p for p in cfg.paradigms if p not in PARADIGMS]
+    check(not bad, f"unknown paradigm(s) {bad}; valid: {sorted(PARADIGMS)}")
+    check(cfg.image_negative in IMAGE_NEGATIVES, f"image_negative {cfg.image_negative!r} is not one of {IMAGE_NEGATIVES}")
+    check(cfg.noise_space in ("tensor", "pixel"), f"noise_space must be tensor or pixel, got {cfg.noise_space!r}")
+    check(0 <= cfg.noise_step < 1000, f"noise_step must be in 0..999, got {cfg.noise_step}")
+    check(len(cfg.weights) == 7, f"weights needs the 7 facet weights, got {len(cfg.weights)}")
+    check(cfg.data_format in ("release", "swift"), f"data_format must be release or swift, got {cfg.data_format!r}")
+    check((cfg.train_file is None) == (cfg.test_file is None), "give both train_file and test_file, or neither (synthetic world)")
+    check(cfg.reference in ("batch", "live"), f"reference must be batch or live, got {cfg.reference!r}")
+    check(all(b >= 1 for b in cfg.num_beams) and cfg.num_beams, f"num_beams must be a non-empty list of beam counts >= 1")
+    if cfg.reference == "live":
+        for p in dict.fromkeys([cfg.paradigm, *cfg.paradigms]): check_live_reference(PARADIGMS[p][1], cfg.train_projector, f"paradigm {p!r}")
 
 # %% ../../nbs/11_mcmdpo.ipynb #2c4c7116
 def check_live_reference(train_vision: bool, train_projector: bool, what: str = "this method"):
