@@ -17,10 +17,10 @@ from .data import MAX_IMAGE_PIXELS
 log = get_logger("mllm_nle.experiment")
 
 # %% auto #0
-__all__ = ['log', 'RunConfig', 'notebook_params', 'notebook_config', 'config_key', 'cache_root', 'repo_path', 'cached_dir',
-           'training_args', 'train_baseline', 'Arm', 'lora_options', 'train_arm', 'write_results', 'run_arms',
-           'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table', 'summary_table',
-           'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
+__all__ = ['log', 'RunConfig', 'notebook_params', 'notebook_config', 'config_key', 'model_id', 'cache_root', 'repo_path',
+           'cached_dir', 'training_args', 'train_baseline', 'Arm', 'lora_options', 'train_arm', 'write_results',
+           'run_arms', 'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table',
+           'summary_table', 'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
 
 # %% ../nbs/07a_experiment.ipynb #e0e6d953
 @dataclass
@@ -90,6 +90,12 @@ def config_key(**parts) -> str:
     "A short stable hash of `parts` (JSON-serialised with sorted keys)."
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
+def model_id(spec) -> str:
+    """What names a model in a cache key: a cached baseline's folder name, which is already the hash of its config (so the
+    key does not change with where the cache lives), else the spec or path as given."""
+    p = Path(str(spec))
+    return p.name if (p/"done.json").exists() else str(spec)
+
 def cache_root(cfg: RunConfig) -> Path:
     "`cfg.cache_dir`, or `outputs/<experiment>/cache` in the checkout."
     return Path(cfg.cache_dir) if cfg.cache_dir else repo_root()/"outputs"/cfg.experiment/"cache"
@@ -131,10 +137,7 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
     if cfg.sft_steps <= 0: return Path(cfg.backbone)
     method = method or train.get_method("sft")
     if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
-    # a cached baseline's folder name is already the hash of its config: key by it, not by where the cache lives
-    src = Path(cfg.backbone)
-    base_id = src.name if (src/"done.json").exists() else cfg.backbone
-    key = config_key(b=base_id, d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
+    key = config_key(b=model_id(cfg.backbone), d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
                      bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2)
     def build(d):
         seed_everything(cfg.data_seed)

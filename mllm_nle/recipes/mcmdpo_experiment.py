@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import get_logger, load_json
-from ..experiment import (Arm, cache_root, cached_dir, config_key, markdown_table, repo_path, run_arms, run_study,
+from ..experiment import (Arm, cache_root, cached_dir, config_key, markdown_table, model_id, repo_path, run_arms, run_study,
                                  study_table, summary_table, train_baseline)
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from .mcmdpo import PARADIGMS, MCMDPOCollator, MCMDPOConfig, assign_negatives, load_swift_pairs, trainable_setup
@@ -112,9 +112,7 @@ def with_reference(cfg: MCMDPOConfig, base: Path, data: AltTextData, batch_size:
     from mllm_nle import models, train
     from mllm_nle.core import DataFileError
     src = str(base) if cfg.sft_steps > 0 else cfg.backbone
-    # a cached baseline's folder name is already the hash of its config: key by it, not by where the cache lives
-    base_id = Path(src).name if (Path(src)/"done.json").exists() else src
-    key = config_key(base=base_id, data=data.train_key, n=len(data.train), neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space),
+    key = config_key(base=model_id(src), data=data.train_key, n=len(data.train), neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space),
                      seed=cfg.data_seed, v=1)
     path = cache_root(cfg)/"reference"/f"ref-{key}.json"
     try: return train.attach_reference_logps(data.train, path)
