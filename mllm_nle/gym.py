@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import ConfigError, config_from_dict, get_logger, load_json, load_jsonl, save_json, save_jsonl
+from .core import ConfigError, config_from_dict, get_logger, load_json, save_json, save_jsonl
 from .experiment import Arm, RunConfig, cache_root, study_row, study_summary, train_arm, train_baseline
 from .recipes import mcle as _mcle, dgpref as _dgpref, hacl as _hacl, mcmdpo as _mcmdpo
 
@@ -166,10 +166,6 @@ def count_llm_tokens(model, meter: TokenMeter):
     return models.hf_model(model).model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 # %% ../nbs/13_gym.ipynb #9f855184
-def _to(x, device):
-    if hasattr(x, "to") and not isinstance(x, (str, bytes)): return x.to(device)
-    return {k: _to(v, device) for k, v in x.items()} if isinstance(x, dict) else x
-
 def tokens_per_step(cfg, arm: Arm, base, n_batches: int = 12, seed: int = 0) -> dict:
     "`{tokens, rows, records}` per optimiser step of `arm` from `base` (means over `n_batches` batches its method really runs; × `cfg.grad_accum`)."
     import random, torch
@@ -188,7 +184,7 @@ def tokens_per_step(cfg, arm: Arm, base, n_batches: int = 12, seed: int = 0) -> 
     handle, device = count_llm_tokens(model, meter), next(model.parameters()).device
     try:
         with torch.enable_grad():
-            for b in batches: m(model, _to(coll(b), device))
+            for b in batches: m(model, models.to_device(coll(b), device))
     finally: handle.remove()
     recs = np.mean([sum(len(x) if m.group_by else 1 for x in b) for b in batches])
     return dict(tokens=meter.tokens / n_batches * cfg.grad_accum, rows=meter.rows / n_batches * cfg.grad_accum, records=float(recs) * cfg.grad_accum)

@@ -20,7 +20,7 @@ __all__ = ['FAMILIES', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIA
            'TINY_BUILD_VERSION', 'LLM_PROJ', 'Backbone', 'hf_model', 'model_family', 'processor_family', 'is_qwen',
            'load_backbone', 'tokenizer_corpus', 'train_tokenizer', 'tiny_cache_dir', 'tiny_build_config',
            'tiny_backbone', 'resolve_backbone', 'module_part', 'lora_target_modules', 'add_lora', 'set_trainable',
-           'trainable_parts', 'load_adapter', 'end_of_turn', 'chat_prompt', 'build_batch', 'expand_images',
+           'trainable_parts', 'load_adapter', 'end_of_turn', 'chat_prompt', 'build_batch', 'expand_images', 'to_device',
            'image_features', 'llm_inputs', 'llm_hidden', 'SequenceLogps', 'response_logps', 'last_token_states',
            'prompt_states', 'forward_features', 'sequence_logps', 'pooled_text', 'pooled_image', 'image_llm_repr',
            'generate']
@@ -420,6 +420,13 @@ def expand_images(batch: dict) -> dict:
     return out
 
 # %% ../nbs/02_models.ipynb #cdf0ad37
+def to_device(x, device):
+    "`x` with every tensor in it (in nested dicts too) moved to `device`; anything else as it is."
+    if torch.is_tensor(x): return x.to(device)
+    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
+    return x
+
+# %% ../nbs/02_models.ipynb #06f40677
 def _grad_if(requires: bool): return torch.set_grad_enabled(torch.is_grad_enabled() and requires)
 
 def _trains(module) -> bool: return any(p.requires_grad for p in module.parameters())

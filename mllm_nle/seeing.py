@@ -15,7 +15,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from . import models, world
-from .core import ConfigError, config_from_dict, get_logger, load_config, pick_device, seed_everything
+from .core import ConfigError, get_logger, load_config, pick_device, seed_everything
 
 log = get_logger("mllm_nle.seeing")
 
@@ -162,9 +162,6 @@ def image_batch(processor, images) -> dict:
     "Processor output for `images`, one image per row, ready for `models.image_features`."
     b = dict(processor.image_processor(images=images, return_tensors="pt"))
     b["image_index"] = torch.arange(len(images)); return b
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 # %% ../nbs/02a_seeing.ipynb #0110a578
 CELL_HEADS = {"shape": 1 + len(world.CATEGORIES), "colour": 1 + len(world.COLOURS), "size": 1 + len(world.SIZES),
@@ -347,7 +344,7 @@ def train_stage(params, step_fn, steps: int, lr: float, log_every: int = 100, de
 
 # %% ../nbs/02a_seeing.ipynb #a9aea1cc
 def _cell_step(model, heads, proc, scenes, image_size):
-    b = _to(image_batch(proc, [world.render(s, image_size) for s in scenes]), model.device)
+    b = models.to_device(image_batch(proc, [world.render(s, image_size) for s in scenes]), model.device)
     tg = [cell_targets(s, token_grid(image_size)) for s in scenes]
     y = {k: torch.stack([t[k] for t in tg]).to(model.device) for k in tg[0]}
     return cell_loss(heads(torch.stack(models.image_features(model, b))), y)
@@ -376,7 +373,7 @@ def exact_answers(model, proc, examples: list[dict], batch_size: int = 64) -> di
     "Share of `examples` whose response greedy decoding reproduces exactly (teacher-forced), per type and `all`."
     model.eval(); ok = []
     for i in range(0, len(examples), batch_size):
-        b = _to(models.build_batch(proc, examples[i:i + batch_size]), model.device)
+        b = models.to_device(models.build_batch(proc, examples[i:i + batch_size]), model.device)
         h = models.llm_hidden(model, *models.llm_inputs(model, b))
         pred, y = models.hf_model(model).lm_head(h[:, :-1]).argmax(-1), b["labels"][:, 1:]
         ok += ((pred == y) | (y == -100)).all(-1).tolist()
@@ -414,7 +411,7 @@ def stage_instruct(bb: models.Backbone, cfg: SeeingConfig) -> tuple[list[dict], 
         ss = stream.take(cfg.instruct_batch_size)
         ex = [qa_item(s, rng, cfg.mix, world.render(s, cfg.image_size)) for s in ss]
         for j, e in enumerate(ex): e.update(image_key=f"k{j}", response=cfg.answer_format.format(a=e["response"]))
-        b = _to(models.build_batch(proc, ex), model.device)
+        b = models.to_device(models.build_batch(proc, ex), model.device)
         if not heads: return -models.sequence_logps(model, b).mean.mean(), {}
         h, hw = lm_hidden_states(model, b, cfg.word_layer)
         lw, acc = word_loss(heads, hw, b, ss, ids_map)

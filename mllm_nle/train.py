@@ -415,11 +415,6 @@ class MethodTrainer(CheckpointingTrainer):
         super().log(logs, start_time)
 
 # %% ../nbs/07_train.ipynb #b259e490
-def _to_device(x, device):
-    if torch.is_tensor(x): return x.to(device)
-    if isinstance(x, dict): return {k: _to_device(v, device) for k, v in x.items()}
-    return x
-
 def _weights_fingerprint(model) -> str:
     "A cheap identity of the base weights (LoRA adapters excluded): every parameter's name, shape and first values."
     h = hashlib.sha1()
@@ -478,7 +473,7 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
             if f.tell() == 0: _append_lines(f, [{"header": header}])
             for s in tqdm(todo, desc="reference log-probs"):
                 chunk = records[s:s + batch_size]
-                lp = models.sequence_logps(model, _to_device((b := collator(chunk)).get("lm", b), device))
+                lp = models.sequence_logps(model, models.to_device((b := collator(chunk)).get("lm", b), device))
                 n, rows = len(chunk), lp.sum.shape[0]
                 if rows % n: raise ValueError(f"collator gave {rows} rows for {n} records; expected a multiple")
                 lines = [{"id": str(r["id"]), "sum": [lp.sum[k * n + j].item() for k in range(rows // n)],

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core import get_logger, load_json
 from ..experiment import (Arm, cache_root, cached_dir, config_key, markdown_table, model_id, repo_path, run_arms, run_study,
-                                 study_table, summary_table, train_baseline)
+                                 summary_table, train_baseline)
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from .mcmdpo import PARADIGMS, MCMDPOCollator, MCMDPOConfig, assign_negatives, load_swift_pairs, trainable_setup
 from ..train import get_method
