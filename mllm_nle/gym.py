@@ -18,12 +18,12 @@ from .recipes import mcle as _mcle, dgpref as _dgpref, hacl as _hacl, mcmdpo as 
 log = get_logger("mllm_nle.gym")
 
 # %% auto #0
-__all__ = ['log', 'GYM_METHODS', 'RECIPE_CONFIGS', 'ROWS', 'GYM_DEFAULTS', 'GYM_OWNS', 'SHARED', 'ARM_BUILDERS', 'HALF_OF',
-           'TABLE_METRICS', 'row_method', 'matching_sft', 'GymConfig', 'recipe_config', 'GymData', 'load_gym_data',
-           'base_records', 'base_key', 'gym_baseline', 'TokenMeter', 'count_llm_tokens', 'tokens_per_step',
-           'plan_steps', 'metered', 'dgpref_pipelines', 'GymRow', 'gym_rows', 'item_number', 'metric_from_rows',
-           'chair_items', 'cider_items', 'check_rows', 'evaluate_suite', 'run_one', 'evaluate_base', 'write_study',
-           'run_gym']
+__all__ = ['log', 'GYM_METHODS', 'RECIPE_CONFIGS', 'ROWS', 'EXTRA_ROWS', 'DEFAULT_ROWS', 'GYM_DEFAULTS', 'GYM_OWNS', 'SHARED',
+           'ARM_BUILDERS', 'STEPS_OF', 'TABLE_METRICS', 'COUNT_METRICS', 'METRICS', 'DERIVED_FIELDS', 'row_method',
+           'matching_sft', 'GymConfig', 'recipe_config', 'GymData', 'load_gym_data', 'base_records', 'base_key',
+           'gym_baseline', 'TokenMeter', 'count_llm_tokens', 'tokens_per_step', 'plan_steps', 'metered',
+           'dgpref_pipelines', 'GymRow', 'gym_rows', 'item_number', 'item_field', 'metric_from_rows', 'chair_items',
+           'cider_items', 'check_rows', 'evaluate_suite', 'run_one', 'evaluate_base', 'write_study', 'run_gym']
 
 # %% ../nbs/13_gym.ipynb #d71cc71a
 GYM_METHODS = ("mcle", "dgpref", "hacl", "mcmdpo")
@@ -42,8 +42,14 @@ ROWS = {
     "mcmdpo/dpo": "plain DPO on the alt-text pairs, same budget",
     "mcmdpo/mcm_dpo": "MCM-DPO: seven weighted reward margins in one sigmoid",
     "mcmdpo/dpo_released": "plain DPO as released: half MCM-DPO's epochs",
+    "dgpref/oracle_edit": "positive control: DPO on oracle edits (chosen a true caption of the pool image, rejected the same caption with false claims injected; off-policy)",
+    "dgpref/exact_pairs": "positive control: DPO on the base's own sampled captions, paired by their exact per-sentence truth (any expert's ceiling)",
+    "mcmdpo/dpo_steps": "plain DPO at MCM-DPO's optimiser steps (the step-matched comparison)",
 }
 "Every row the gym knows, `method/arm`: what it is."
+EXTRA_ROWS = ("dgpref/oracle_edit", "dgpref/exact_pairs", "mcmdpo/dpo_steps")
+"Rows the default table leaves out: the positive controls and the step-matched DPO (ask for them in `rows`)."
+DEFAULT_ROWS = tuple(r for r in ROWS if r not in EXTRA_ROWS)
 
 def row_method(name: str) -> str: return name.split("/")[0]
 def matching_sft(name: str) -> str: return f"{row_method(name)}/sft"
@@ -72,7 +78,7 @@ class GymConfig(RunConfig):
     image_size: int = 84              # every recipe's world images: the seeing backbones' native grid, one token per cell
     sft_lr: float = 1e-3
     sft_freeze_vision: bool = True    # the common base keeps the pre-trained vision tower fixed
-    rows: list[str] = field(default_factory=lambda: list(ROWS))
+    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
     budget: int = 120_000             # forward–backward tokens per arm (LLM tokens of every row, image tokens included)
     budget_batches: int = 12          # batches collated per arm to measure its tokens per step
     sft_steps: int = 1500             # the common SFT base (cached)
@@ -244,7 +250,16 @@ def _dgpref_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
     arms = {a.name: a for a in fixed + rel}
     none = lambda k: f"no preference pairs: the oracle's scores of the base's sampled captions never differ by min_gap ({k}/data_report.json)"
     return {"dgpref/sft": arms["sft_continued"], "dgpref/dgpref": arms.get("dgpref_oracle", none(dirs["fixed"])),
-            "dgpref/dgpref_released": arms.get("dgpref_official", none(dirs["released"]))}
+            "dgpref/dgpref_released": arms.get("dgpref_official", none(dirs["released"])),
+            "dgpref/oracle_edit": _control_arm(cfg, dirs["fixed"], "oracle_edit"), "dgpref/exact_pairs": _control_arm(cfg, dirs["fixed"], "exact")}
+
+def _control_arm(cfg, run: Path, source: str):
+    "DPO, at the DGPref row's settings, on the pipeline's `source` pairs (or why there are none)."
+    from mllm_nle.recipes import dgpref_study
+    f = dgpref_study.pipeline_dir(cfg, run)/f"preferences_{source}.json"
+    if not f.exists(): return f"no {f.name}: the pipeline in {run} predates it (delete its data_report.json to rerun the pipeline)"
+    recs = dgpref_study.load_arm_records(cfg, run, source)
+    return Arm(source if source != "exact" else "exact_pairs", dgpref_study.dpo_maker(cfg), recs) if recs else f"the pipeline made no {source} pairs ({run}/data_report.json)"
 
 def _hacl_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
     from mllm_nle import models
@@ -257,12 +272,13 @@ def _mcmdpo_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
     from mllm_nle.recipes import mcmdpo_experiment as mx
     arms = {a.name: a for a in mx.mcmdpo_arms(cfg, data.mcmdpo, base, ["sft_continued", "dpo", "mcm_dpo"])}
     return {"mcmdpo/sft": arms["sft_continued"], "mcmdpo/dpo": arms["dpo"], "mcmdpo/mcm_dpo": arms["mcm_dpo"],
-            "mcmdpo/dpo_released": replace(arms["dpo"], name="dpo_released")}
+            "mcmdpo/dpo_released": replace(arms["dpo"], name="dpo_released"), "mcmdpo/dpo_steps": replace(arms["dpo"], name="dpo_steps")}
 
 ARM_BUILDERS = {"mcle": _mcle_arms, "dgpref": _dgpref_arms, "hacl": _hacl_arms, "mcmdpo": _mcmdpo_arms}
 "method -> builder(recipe config, data, base, out) -> {row: Arm, or why the row cannot train}."
-HALF_OF = {"mcmdpo/dpo_released": "mcmdpo/mcm_dpo"}
-"Rows whose steps are half another row's (the release's epochs), not the budget's."
+STEPS_OF = {"mcmdpo/dpo_released": ("mcmdpo/mcm_dpo", 0.5, "half of mcmdpo/mcm_dpo's steps (the release's epochs)"),
+            "mcmdpo/dpo_steps": ("mcmdpo/mcm_dpo", 1.0, "mcmdpo/mcm_dpo's steps (step-matched)")}
+"Rows whose steps are a multiple of another row's, not the budget's: `row: (other row, factor, the rule in words)`."
 
 # %% ../nbs/13_gym.ipynb #90d3055e
 @dataclass
@@ -277,15 +293,16 @@ def gym_rows(cfg: GymConfig, data: GymData, base: Path, out: Path) -> list[GymRo
     "The selected rows, built by their recipes from `base`, each with its steps planned from the budget."
     built = {}
     for m in cfg.methods: built |= {k: (m, a) for k, a in ARM_BUILDERS[m](recipe_config(cfg, m, base), data, base, out).items()}
-    need = list(dict.fromkeys([*(HALF_OF[r] for r in cfg.rows if r in HALF_OF), *cfg.rows]))
+    need = list(dict.fromkeys([*(STEPS_OF[r][0] for r in cfg.rows if r in STEPS_OF), *cfg.rows]))
     rows = {}
     for name in need:
         m, arm = built[name]; rcfg = recipe_config(cfg, m, base)
         if isinstance(arm, str):
             rows[name] = GymRow(name, rcfg, None, 0, dict(row=name, method=m, steps=0, skipped=arm)); continue
         t = tokens_per_step(rcfg, arm, base, cfg.budget_batches, seed=cfg.data_seed)
-        if name in HALF_OF:
-            steps, rule = max(1, round(rows[HALF_OF[name]].steps / 2)), f"half of {HALF_OF[name]}'s steps (the release's epochs)"
+        if name in STEPS_OF:
+            other, factor, rule = STEPS_OF[name]
+            steps = max(1, round(rows[other].steps * factor))
         else: steps, rule = plan_steps(cfg.budget, t["tokens"]), f"budget {cfg.budget:,} // {t['tokens']:.0f} tokens per step"
         plan = dict(row=name, method=m, records=len(arm.records), records_per_step=t["records"], rows_per_step=t["rows"],
                     tokens_per_step=t["tokens"], steps=steps, planned_tokens=steps * t["tokens"],
@@ -304,19 +321,32 @@ TABLE_METRICS = {
     "CIDEr": dict(suite="alttext", num="cider", lower=False, label="alt-text CIDEr"),
 }
 "The table's columns: which rows (`suite`), the per-item numerator (and denominator: a ratio of sums), per `group` then averaged."
+COUNT_METRICS = {
+    "false_claims": dict(suite="caption", num="false_claims", lower=True, label="false claims per caption"),
+    "true_claims": dict(suite="caption", num="true_claims", lower=False, label="true claims per caption"),
+    "sentences": dict(suite="caption", num="sentences", lower=None, label="sentences per caption"),
+}
+"Counts beside the ratios: a caption's claim hallucination rate falls when it says less, and its counts show that."
+METRICS = {**TABLE_METRICS, **COUNT_METRICS}
+DERIVED_FIELDS = {"true_claims": lambda r: None if r.get("claims") is None else r["claims"] - r["false_claims"]}
+"Per-item fields an older run's rows lack, derived from the ones they hold."
 
 def item_number(v) -> float:
     "A per-item value as a number (None, e.g. an unjudged explanation, counts as 0)."
     return 0.0 if v is None else float(v)
 
+def item_field(row: dict, key: str):
+    "`row[key]`, or the `DERIVED_FIELDS` value when the row predates the field."
+    return row[key] if key in row or key not in DERIVED_FIELDS else DERIVED_FIELDS[key](row)
+
 def metric_from_rows(rows: list[dict], metric: str) -> float | None:
     "A table column recomputed from one evaluation's rows (None when its denominator is 0)."
-    spec = TABLE_METRICS[metric]
+    spec = METRICS[metric]
     groups: dict = {}
     for r in rows:
         if r.get("suite") != spec["suite"]: continue
         g = groups.setdefault(r.get(spec["group"]) if "group" in spec else None, [0.0, 0.0])
-        g[0] += item_number(r[spec["num"]]); g[1] += item_number(r[spec["den"]]) if "den" in spec else 1.0
+        g[0] += item_number(item_field(r, spec["num"])); g[1] += item_number(item_field(r, spec["den"])) if "den" in spec else 1.0
     vals = [n / d for n, d in groups.values() if d > 0]
     return float(np.mean(vals)) if vals and len(vals) == len(groups) else None
 
@@ -354,7 +384,8 @@ def _suite_rows(data: GymData, vqa: dict, cap: dict, pope: dict, alt: dict) -> l
     return ([dict(suite="vqa", id=r["id"], output=r["output"], correct=r["correct"], supports_answer=r["supports_answer"],
                   explanation_true=r["explanation_true"]) for r in vqa["rows"]]
             + [dict(suite="caption", id=r["id"], output=r["output"], chair_hallucinated=r["chair_hallucinated"], **c,
-                    claims=r.get("claims"), false_claims=r.get("false_claims")) for r, c in zip(cap["rows"], ci)]
+                    claims=r.get("claims"), false_claims=r.get("false_claims"), sentences=r.get("sentences"),
+                    true_claims=None if r.get("claims") is None else r["claims"] - r["false_claims"]) for r, c in zip(cap["rows"], ci)]
             + [dict(suite="pope", **r, f1_num=2 * r["tp"], f1_den=2 * r["tp"] + r["fp"] + r["fn"]) for r in pope["rows"]]
             + [dict(suite="alttext", id=r["id"], output=r["output_greedy"], cider=c, faithful=r.get("faithful_greedy"),
                     object_hallucination=r.get("object_hallucination_greedy")) for r, c in zip(alt["rows"], cid)])

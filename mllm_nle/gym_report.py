@@ -11,7 +11,7 @@ import numpy as np
 
 from .core import get_logger, load_json, load_jsonl, save_json
 from .experiment import markdown_table
-from .gym import GYM_METHODS, HALF_OF, ROWS, TABLE_METRICS, matching_sft, row_method, item_number
+from .gym import GYM_METHODS, METRICS, ROWS, TABLE_METRICS, matching_sft, row_method, item_field, item_number
 
 log = get_logger("mllm_nle.gym_report")
 
@@ -27,7 +27,7 @@ def _rows(path: str) -> tuple:
 
 def item_values(out, study: dict, name: str, metric: str) -> tuple[np.ndarray, np.ndarray, list, list]:
     "`(numerators [seeds, items], denominators, group of each item, item ids)` of `metric` for model `name`, over the study's seeds."
-    spec, files = TABLE_METRICS[metric], study["items"].get(name)
+    spec, files = METRICS[metric], study["items"].get(name)
     if not files: raise KeyError(f"item_values: no model {name!r} in the study; models: {sorted(study['items'])}")
     per = []
     for s in map(str, study["seeds"]):
@@ -36,8 +36,8 @@ def item_values(out, study: dict, name: str, metric: str) -> tuple[np.ndarray, n
         per.append([r for r in _rows(str(Path(out)/f)) if r.get("suite") == spec["suite"]])
     ids = [r["id"] for r in per[0]]
     if any([r["id"] for r in rs] != ids for rs in per): raise ValueError(f"item_values: {name!r} has other test items at another seed")
-    num = np.array([[item_number(r[spec["num"]]) for r in rs] for rs in per], dtype=float)
-    den = np.array([[item_number(r[spec["den"]]) for r in rs] for rs in per], dtype=float) if "den" in spec else np.ones_like(num)
+    num = np.array([[item_number(item_field(r, spec["num"])) for r in rs] for rs in per], dtype=float)
+    den = np.array([[item_number(item_field(r, spec["den"])) for r in rs] for rs in per], dtype=float) if "den" in spec else np.ones_like(num)
     return num, den, [r.get(spec["group"]) if "group" in spec else None for r in per[0]], ids
 
 def _ratio(num, den, groups: dict) -> np.ndarray:
@@ -49,7 +49,7 @@ def paired_metric(out, study: dict, a: str, b: str, metric: str, n_boot: int = 2
     "`metric` of `b` minus `a`: mean over seeds on the same items, with a 95% CI resampling seeds and items."
     na, da, groups, ia = item_values(out, study, a, metric)
     nb, db, _, ib = item_values(out, study, b, metric)
-    if ia != ib: raise ValueError(f"paired_metric: {a} and {b} were scored on different {TABLE_METRICS[metric]['suite']} items")
+    if ia != ib: raise ValueError(f"paired_metric: {a} and {b} were scored on different {METRICS[metric]['suite']} items")
     S, N = na.shape
     rng = np.random.default_rng(seed)
     si = rng.integers(0, S, (n_boot, S))
@@ -116,7 +116,7 @@ HOME_METRICS = {"mcle": ("consistency", "accuracy"), "dgpref": ("claim_hallucina
 def verdict(p: dict) -> str:
     "better / worse / no detectable difference, for the column's direction."
     if not excludes_zero(p): return "no detectable difference"
-    return "better" if (p["delta"] < 0) == TABLE_METRICS[p["key"]]["lower"] else "worse"
+    return "better" if (p["delta"] < 0) == METRICS[p["key"]]["lower"] else "worse"
 
 def verdict_table(paired: list[dict]) -> str:
     "Every row against its SFT, and every fix against its release, on the method's own columns."

@@ -30,17 +30,17 @@ def test_gym_report_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     out = tmp_path/"outputs"/"gym"/"smoke"
     study = json.loads((out/"study.json").read_text())
-    assert study["rows"] == list(gym.ROWS) and study["seeds"] == [0]
+    assert study["rows"] == list(gym.DEFAULT_ROWS) and study["seeds"] == [0]
     trained = set(study["runs"]) - {"base"}
     # DGPref trains only when the base's sampled captions give pairs: a 2-step base may give none, and then says so
-    assert trained | set(study["skipped"]) == set(gym.ROWS)
+    assert trained | set(study["skipped"]) == set(gym.DEFAULT_ROWS)
     assert all("no preference pairs" in why for why in study["skipped"].values()) and not set(study["skipped"]) - {"dgpref/dgpref", "dgpref/dgpref_released"}
     for name in trained:
         run, plan = study["runs"][name]["0"], study["plan"][name]
         assert run["steps"] == plan["steps"] >= 1 and run["tokens"] > 0, name
         ev = json.loads((out/name/"seed0"/"eval.json").read_text())
         assert set(gym.TABLE_METRICS) <= set(ev["summary"]), name      # None where undefined (no object mentioned: no CHAIR_i)
-        if name not in gym.HALF_OF: assert run["tokens"] < study["budget"] + 2 * plan["tokens_per_step"], name   # at most one step over
+        if name not in gym.STEPS_OF: assert run["tokens"] < study["budget"] + 2 * plan["tokens_per_step"], name   # at most one step over
     # equal compute, not equal steps: eight sequences per MCM-DPO record, two per DPO record, one per SFT record
     steps = {n: study["plan"][n]["steps"] for n in ("mcmdpo/sft", "mcmdpo/dpo", "mcmdpo/mcm_dpo", "mcmdpo/dpo_released")}
     assert steps["mcmdpo/mcm_dpo"] <= steps["mcmdpo/dpo"] <= steps["mcmdpo/sft"] and steps["mcmdpo/dpo_released"] == max(1, round(steps["mcmdpo/mcm_dpo"] / 2))

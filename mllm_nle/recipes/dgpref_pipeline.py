@@ -22,8 +22,8 @@ __all__ = ['log', 'CAPTION_PROMPTS', 'IMAGE_SUFFIXES', 'JsonlStore', 'world_sets
            'pool_items', 'caption_prompts', 'sample_captions', 'decompose_stage', 'merge_programs', 'verify_stage',
            'caption_truth', 'pair_stage', 'pair_quality', 'decomposition_recall', 'image_file', 'preference_records',
            'oracle_edit_records', 'reference_stage', 'baseline', 'load_base', 'make_decomposer', 'make_experts',
-           'decomposition_counts', 'verdict_counts', 'records_quality', 'exact_pairs_quality', 'pipeline_dir',
-           'run_data', 'throughput']
+           'decomposition_counts', 'verdict_counts', 'records_quality', 'exact_pair_records', 'exact_pair_stage',
+           'exact_pairs_quality', 'pipeline_dir', 'run_data', 'throughput']
 
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #0e0421b3
 class JsonlStore:
@@ -391,13 +391,29 @@ def records_quality(records: list[dict], scenes: dict, name: str) -> dict:
         st.records[str(i)] = dict(id=i, pairs=[[0, 1]], n_false=[x["n_false"] for x in t], n_true=[x["n_true"] for x in t])
     return pair_quality(st, name)
 
-def exact_pairs_quality(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict) -> dict:
-    "The ceiling: pairs made from the exact per-sentence score S = -(false sentences)/(parsed sentences)."
-    st = JsonlStore(Path(os.devnull)); st.records = {}
-    for i, rec in captions.records.items():
-        t = [caption_truth(scenes[rec["scene_id"]], c) for c in rec["captions"]]
+# %% ../../nbs/09c_dgpref_pipeline.ipynb #08b661ad
+def exact_pair_records(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict, ids) -> list[dict]:
+    """The ceiling of any expert, as pairs: the captions of each image in `ids` scored by the exact per-sentence truth,
+    S = -(false sentences)/(parsed sentences), and paired by `min_gap` as an expert's scores are."""
+    out = []
+    for i in ids:
+        t = [caption_truth(scenes[captions[i]["scene_id"]], c) for c in captions[i]["captions"]]
         s = [-x["n_false"] / (x["n_false"] + x["n_true"]) if x["n_false"] + x["n_true"] else 0.0 for x in t]
-        st.records[i] = dict(id=i, pairs=build_preference_pairs(s, cfg.min_gap), n_false=[x["n_false"] for x in t], n_true=[x["n_true"] for x in t])
+        out.append(dict(id=i, scores=s, pairs=build_preference_pairs(s, cfg.min_gap), n_false=[x["n_false"] for x in t],
+                        n_true=[x["n_true"] for x in t]))
+    return out
+
+def exact_pair_stage(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict, store: JsonlStore) -> dict:
+    "The exact pairs of each pending image into `store` (the same fields as `pair_stage`'s)."
+    t0 = time.time()
+    recs = exact_pair_records(cfg, captions, scenes, store.pending(list(captions.records)))
+    store.append(recs)
+    return dict(scored=len(recs), pairs=sum(len(r["pairs"]) for r in recs), seconds=time.time() - t0)
+
+def exact_pairs_quality(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict) -> dict:
+    "The quality of the exact pairs, without keeping them."
+    st = JsonlStore(Path(os.devnull))
+    st.records = {str(r["id"]): r for r in exact_pair_records(cfg, captions, scenes, list(captions.records))}
     return pair_quality(st, "exact (sentence-level)")
 
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #e1e56473
@@ -430,10 +446,13 @@ def run_data(cfg: DGPrefConfig, out, progress: bool = True) -> dict:
         rep["steps"][f"pair:{name}"] = pair_stage(cfg, captions, claims, v, p, scenes)
         rep["verdicts"][name] = verdict_counts(v)
         quality.append(pair_quality(p, name)); records[name] = preference_records(p, captions, sets["pool"], name)
-    if scenes:   # the synthetic world: the off-policy control, its quality and the exact ceiling
+    if scenes:   # the synthetic world: the off-policy control, the exact ceiling's pairs, their quality
         records["oracle_edit"] = oracle_edit_records(cfg, items)
+        exact = JsonlStore(d/"pairs_exact.jsonl")
+        rep["steps"]["pair:exact"] = exact_pair_stage(cfg, captions, scenes, exact)
+        records["exact"] = preference_records(exact, captions, sets["pool"], "exact")
         quality += [records_quality(records["oracle_edit"], scenes, "oracle_edit (off-policy control)"),
-                    exact_pairs_quality(cfg, captions, scenes)]
+                    pair_quality(exact, "exact (sentence-level)")]
     for name, recs in records.items(): save_json(d/f"preferences_{name}.json", recs)
     t0 = time.time()
     reference_stage(cfg, policy, [r for rs in records.values() for r in rs], d/"reference_logps.json")
