@@ -17,10 +17,10 @@ from .world import (
     question_text, render, sample_question, verify_claim)
 
 # %% auto #0
-__all__ = ['HARD_TEST', 'EDIT_TYPES', 'PROMPTS', 'ALT_QUESTION', 'image_path', 'write_images', 'write_scenes', 'load_scenes',
-           'vqax_items', 'write_vqax', 'hallucinate', 'caption_text', 'caption_records', 'write_captions',
-           'preference_record', 'write_preferences', 'alttext_pair', 'write_alttext', 'write_benchmarks', 'write_all',
-           'corpus_sentences']
+__all__ = ['HARD_TEST', 'EDIT_TYPES', 'PROMPTS', 'IN_PLACE_EDITS', 'ALT_QUESTION', 'image_path', 'write_images', 'write_scenes',
+           'load_scenes', 'vqax_items', 'write_vqax', 'hallucinate', 'caption_text', 'caption_records',
+           'write_captions', 'preference_record', 'write_preferences', 'balanced_edit_record', 'alttext_pair',
+           'write_alttext', 'write_benchmarks', 'write_all', 'corpus_sentences']
 
 # %% ../nbs/01a_world_data.ipynb #109aa2ba
 def image_path(scene: Scene) -> str: return f"images/{scene.id}.png"
@@ -193,6 +193,23 @@ def write_preferences(out_dir, n: int = 1000, seed: int = 0, image_size: int = 1
     imgs, rng = write_images(out, scenes, image_size), random.Random(f"pref:{seed}")
     recs = [preference_record(s, img, rng, n_candidates) for s, img in zip(scenes, imgs)]
     return [save_json(out / "preferences.json", recs), write_scenes(out, scenes)]
+
+# %% ../nbs/01a_world_data.ipynb #1f48dba8
+IN_PLACE_EDITS = tuple(k for k in EDIT_TYPES if k != "object_insert")
+"The edit types that change a sentence without adding one (a caption and its edit have the same sentences)."
+
+def balanced_edit_record(scene: Scene, img: str, rng: random.Random, max_edits: int = 3) -> dict | None:
+    """A length-balanced preference: chosen a faithful caption, rejected the same caption with 1..`max_edits` sentences
+    edited in place into false ones, so the two differ in truth, not in length (None when no edit applies)."""
+    full = caption_sentences(scene, rng)
+    base = [d for i, d in enumerate(full) if i < 2 or rng.random() > 0.2]
+    for k in rng.sample(range(1, max_edits + 1), max_edits):
+        h = hallucinate(scene, base, rng, kinds=IN_PLACE_EDITS, n_edits=k)
+        if h is not None: break
+    else: return None
+    sents, edits = h
+    return {"id": scene.id, "image": img, "prompt": rng.choice(PROMPTS), "chosen": caption_text(base), "rejected": caption_text(sents),
+            "chosen_score": 0.0, "rejected_score": -len(edits) / len(sents), "edits": edits}
 
 # %% ../nbs/01a_world_data.ipynb #f3a33dea
 ALT_QUESTION = "Given an image and context, generate alt-text for the image.\nContext:\n"

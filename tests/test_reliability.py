@@ -249,7 +249,7 @@ NOTEBOOKS = [  # (notebook, outputs/<experiment>, smoke params). The gym's smoke
 # What may differ between two runs with the same params and seed, and why. Nothing else does on a CPU: metrics,
 # generations, loss curves, adapters, optimizer states, even the figures' PNG bytes are identical.
 TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "seconds", "train_seconds", "eval_seconds",
-               "wall_seconds"}   # wall-clock durations
+               "wall_seconds", "gym_seconds"}   # wall-clock durations
 SET_KEYS = {"target_modules"}   # peft writes this set as a list in string-hash order, which PYTHONHASHSEED changes per process
 SKIP = {"training_args.bin": "a pickle of TrainingArguments: it holds the run's own output folder (and we never unpickle)"}
 TEXT = {".json", ".jsonl", ".md", ".yaml", ".txt"}   # compared as text, with each run's own folder written alike

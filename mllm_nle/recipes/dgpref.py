@@ -75,6 +75,7 @@ class DGPrefConfig(RunConfig):
     # 4. scores and pairs
     aspects: list[str] = field(default_factory=lambda: list(DEFAULT_ASPECTS))
     min_gap: float = 0.3
+    equal_length_pairs: bool = False      # pair only captions with as many sentences (no length bias in the pairs)
     # 5-6. DPO
     loss_type: str = "sigmoid"            # sigmoid | ipo
     beta: float = 0.1

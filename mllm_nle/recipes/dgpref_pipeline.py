@@ -20,10 +20,10 @@ log = get_logger("mllm_nle.recipes.dgpref_pipeline")
 # %% auto #0
 __all__ = ['log', 'CAPTION_PROMPTS', 'IMAGE_SUFFIXES', 'JsonlStore', 'world_sets', 'vqa_records', 'sft_records', 'folder_items',
            'pool_items', 'caption_prompts', 'sample_captions', 'decompose_stage', 'merge_programs', 'verify_stage',
-           'caption_truth', 'pair_stage', 'pair_quality', 'decomposition_recall', 'image_file', 'preference_records',
-           'oracle_edit_records', 'reference_stage', 'baseline', 'load_base', 'make_decomposer', 'make_experts',
-           'decomposition_counts', 'verdict_counts', 'records_quality', 'exact_pair_records', 'exact_pair_stage',
-           'exact_pairs_quality', 'pipeline_dir', 'run_data', 'throughput']
+           'same_length', 'equal_length', 'caption_truth', 'pair_stage', 'pair_quality', 'decomposition_recall',
+           'image_file', 'preference_records', 'oracle_edit_records', 'reference_stage', 'baseline', 'load_base',
+           'make_decomposer', 'make_experts', 'decomposition_counts', 'verdict_counts', 'records_quality',
+           'exact_pair_records', 'exact_pair_stage', 'exact_pairs_quality', 'pipeline_dir', 'run_data', 'throughput']
 
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #0e0421b3
 class JsonlStore:
@@ -229,6 +229,16 @@ def verify_stage(expert, items: dict, claims: JsonlStore, store: JsonlStore, chu
                       for i, (_, index), vs in zip(ids, merged, verdicts)])
     return dict(verified=len(todo), checks=n_checks, seconds=time.time() - t0)
 
+# %% ../../nbs/09c_dgpref_pipeline.ipynb #980636de
+def same_length(a: str, b: str) -> bool:
+    "Whether two captions have as many sentences."
+    from mllm_nle import world
+    return len(world.split_sentences(a)) == len(world.split_sentences(b))
+
+def equal_length(pairs: list, captions: list[str]) -> list:
+    "The `(chosen, rejected)` index pairs whose captions have as many sentences (`equal_length_pairs`: no length bias)."
+    return [(c, r) for c, r in pairs if same_length(captions[c], captions[r])]
+
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #c716fb7b
 def caption_truth(scene, caption: str) -> dict:
     "Exact per-sentence truth of a caption: `{n_false, n_true, n_unparsed}`."
@@ -244,7 +254,9 @@ def pair_stage(cfg: DGPrefConfig, captions: JsonlStore, claims: JsonlStore, verd
     recs = []
     for i in todo:
         scores = [caption_score(v, cfg.aspects) for v in verdicts[i]["verdicts"]]
-        pairs = build_preference_pairs(scores, cfg.min_gap); n_pairs += len(pairs)
+        pairs = build_preference_pairs(scores, cfg.min_gap)
+        if cfg.equal_length_pairs: pairs = equal_length(pairs, captions[i]["captions"])
+        n_pairs += len(pairs)
         rec = dict(id=i, scores=scores, pairs=pairs, no_claims=[n_claims(d) == 0 for d in claims[i]["decompositions"]])
         sc = (scenes or {}).get(captions[i].get("scene_id"))
         if sc is not None:
@@ -312,15 +324,17 @@ def preference_records(pairs: JsonlStore, captions: JsonlStore, image_root, expe
             out.append(d)
     return out
 
-def oracle_edit_records(cfg: DGPrefConfig, items: list[dict]) -> list[dict]:
-    "The off-policy control: `world_data.preference_record` pairs (oracle edits of faithful captions) on the pool images."
+def oracle_edit_records(cfg: DGPrefConfig, items: list[dict], balanced: bool = False) -> list[dict]:
+    """The off-policy control: `world_data.preference_record` pairs (oracle edits of faithful captions) on the pool images;
+    `balanced`: `world_data.balanced_edit_record`'s, whose rejected caption is the chosen one edited in place (same length)."""
     from mllm_nle import world_data
-    rng, out = random.Random(f"dgpref-edit:{cfg.data_seed}"), []
+    rng, out = random.Random(f"dgpref-edit{'-balanced' if balanced else ''}:{cfg.data_seed}"), []
     for it in items:
-        r = world_data.preference_record(it["scene"], it["image"], rng)
-        if r["chosen"] == r["rejected"]: continue
-        out.append(dict(id=f"edit:{it['id']}", image=it["image"], prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"],
-                        scene_id=it["id"], expert="oracle_edit", chosen_score=r["chosen_score"], rejected_score=r["rejected_score"]))
+        r = (world_data.balanced_edit_record if balanced else world_data.preference_record)(it["scene"], it["image"], rng)
+        if r is None or r["chosen"] == r["rejected"]: continue
+        out.append(dict(id=f"{'bedit' if balanced else 'edit'}:{it['id']}", image=it["image"], prompt=r["prompt"], chosen=r["chosen"],
+                        rejected=r["rejected"], scene_id=it["id"], expert="oracle_edit", chosen_score=r["chosen_score"],
+                        rejected_score=r["rejected_score"]))
     return out
 
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #96bef6cc
@@ -399,8 +413,9 @@ def exact_pair_records(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict, id
     for i in ids:
         t = [caption_truth(scenes[captions[i]["scene_id"]], c) for c in captions[i]["captions"]]
         s = [-x["n_false"] / (x["n_false"] + x["n_true"]) if x["n_false"] + x["n_true"] else 0.0 for x in t]
-        out.append(dict(id=i, scores=s, pairs=build_preference_pairs(s, cfg.min_gap), n_false=[x["n_false"] for x in t],
-                        n_true=[x["n_true"] for x in t]))
+        pairs = build_preference_pairs(s, cfg.min_gap)
+        if cfg.equal_length_pairs: pairs = equal_length(pairs, captions[i]["captions"])
+        out.append(dict(id=i, scores=s, pairs=pairs, n_false=[x["n_false"] for x in t], n_true=[x["n_true"] for x in t]))
     return out
 
 def exact_pair_stage(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict, store: JsonlStore) -> dict:
@@ -448,10 +463,13 @@ def run_data(cfg: DGPrefConfig, out, progress: bool = True) -> dict:
         quality.append(pair_quality(p, name)); records[name] = preference_records(p, captions, sets["pool"], name)
     if scenes:   # the synthetic world: the off-policy control, the exact ceiling's pairs, their quality
         records["oracle_edit"] = oracle_edit_records(cfg, items)
+        records["oracle_edit_balanced"] = oracle_edit_records(cfg, items, balanced=True)
         exact = JsonlStore(d/"pairs_exact.jsonl")
         rep["steps"]["pair:exact"] = exact_pair_stage(cfg, captions, scenes, exact)
         records["exact"] = preference_records(exact, captions, sets["pool"], "exact")
+        records["exact_balanced"] = [r for r in records["exact"] if same_length(r["chosen"], r["rejected"])]
         quality += [records_quality(records["oracle_edit"], scenes, "oracle_edit (off-policy control)"),
+                    records_quality(records["oracle_edit_balanced"], scenes, "oracle_edit_balanced (same length)"),
                     pair_quality(exact, "exact (sentence-level)")]
     for name, recs in records.items(): save_json(d/f"preferences_{name}.json", recs)
     t0 = time.time()
