@@ -231,3 +231,28 @@ def test_greedy_has_no_repetition_penalty(qwen):
     ids = qwen.model.generate(**enc, max_new_tokens=16, do_sample=False, repetition_penalty=1.0, pad_token_id=151643,
                               eos_token_id=[151645, 151643])
     assert ours == [qwen.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()]
+
+
+@needs_samples
+def test_dgpref_dpo_arm_trains_on_real_shaped_llava(tmp_path):
+    """DGPref's DPO arm (the release's LoRA on the LLM's and CLIP's q/v, the stored reference) on a real-shaped LLaVA with pairs in
+    the pipeline's format: the start model and the arm are both in the study, and the first loss is ln 2 (reference = policy)."""
+    import math
+    from mllm_nle import data, experiment, train
+    from mllm_nle.recipes import dgpref, dgpref_pipeline as pipe, dgpref_study as study
+    imgs = sorted((TWITTER/"image"/"twitter_test").iterdir())[:2]
+    pairs = [dict(id=f"{p.stem}:0>1", image=str(p), prompt=pipe.CAPTION_PROMPTS[0], chosen=RESPONSES[0], rejected=RESPONSES[1],
+                  expert="vqa", chosen_score=0.0, rejected_score=-0.5) for p in imgs]
+    (tmp_path/"prefs.json").write_text(json.dumps(pairs))
+    cfg = dgpref.DGPrefConfig(backbone="realshape:llava", sft_steps=0, pool_images=str(TWITTER/"image"/"twitter_test"), arms=["dgpref_vqa"],
+                              official_expert="vqa", steps=2, batch_size=2, lr=1e-3, logging_steps=1, seeds=[0], cache_dir=str(tmp_path/"c"))
+    recs, _ = data.load_preferences(tmp_path/"prefs.json")
+    ref = pipe.reference_stage(cfg, experiment.load_model(cfg), recs, tmp_path/"ref.json")
+    recs = train.attach_reference_logps(recs, ref)
+    ev = lambda bb: dict(summary={"n": 1.0}, rows=[{}])
+    st = experiment.run_study(cfg, tmp_path/"run", Path(cfg.backbone), [experiment.Arm("dgpref_vqa", study.dpo_maker(cfg), recs)], ev, seeds=[0])
+    assert set(st["summary"]) == {"baseline", "dgpref_vqa"}
+    log = json.loads((tmp_path/"run"/"seed0"/"dgpref_vqa"/"train_log.json").read_text())
+    losses = [h["loss"] for h in log["log_history"] if "loss" in h]
+    assert log["steps"] == 2 and abs(losses[0] - math.log(2)) < 1e-3, losses
+    assert st["meta"]["preflight"]["min"] == 576

@@ -154,11 +154,15 @@ def load_templates(path=None) -> dict[str, str]:
     return {a: read_text(d/f"{a}_temp.txt") for a in DECOMPOSED}
 
 def local_model_dir(path, what: str, download: str) -> Path:
-    "`path` as an existing local folder (`realshape:<kind>`: a real-shaped stand-in), else a `FileNotFoundError` saying what to download."
+    """`path` as an existing local folder (`realshape:<kind>`: a real-shaped stand-in; `tiny:owlvit|blip2|cola`: tiny random experts),
+    else a `FileNotFoundError` saying what to download."""
     if not path: raise ConfigError(f"{what}: no local path given; download {download} and pass its folder")
     if str(path).startswith("realshape:"):
         from mllm_nle import realshape
         return realshape.spec_path(str(path))
+    if str(path) in ("tiny:owlvit", "tiny:blip2", "tiny:cola"):   # tiny random stand-ins of the release's experts
+        from mllm_nle.recipes.dgpref_experts import tiny_expert_dir
+        return tiny_expert_dir(str(path).split(":")[1])
     p = Path(path)
     if not (p.is_dir() and (p/"config.json").exists()):
         raise FileNotFoundError(f"{what}: {p} is not a local model folder (no config.json). Download {download} "

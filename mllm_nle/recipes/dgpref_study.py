@@ -263,7 +263,8 @@ def training_curves(out, study: dict, seed=None, path=None):
             if pts and (k == "loss" or name != "sft_continued"):
                 ax.plot(*zip(*pts), marker=".", label=name, color=colour[name])
     for ax, k in zip(axes, CURVE_KEYS): ax.set_title(k); ax.set_xlabel("step"); ax.grid(alpha=0.3)
-    axes[0].axhline(math.log(2), color="gray", ls=":", lw=1); axes[0].legend(fontsize=7)
+    axes[0].axhline(math.log(2), color="gray", ls=":", lw=1)
+    if axes[0].get_legend_handles_labels()[0]: axes[0].legend(fontsize=7)   # no DPO arm trained: nothing to label
     fig.suptitle(f"training curves (seed {seed})"); fig.tight_layout(); plots.save_figure(fig, path)
     return fig
 
