@@ -243,7 +243,7 @@ def lora_options(cfg: RunConfig) -> dict:
 
 def train_arm(cfg: RunConfig, base: Path | None, arm: Arm, out_dir: Path, seed: int | None = None) -> dict:
     "LoRA-train `arm` from `base` for `cfg.steps` (or `arm.steps`); save its adapter and log; return them with the trained backbone."
-    from mllm_nle import train
+    from mllm_nle import models, train
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     bb = _base_backbone(cfg, arm.base if arm.base is not None else base)
@@ -254,6 +254,7 @@ def train_arm(cfg: RunConfig, base: Path | None, arm: Arm, out_dir: Path, seed: 
                                   callbacks=arm.callbacks() if arm.callbacks else None)
     trainer.train()
     trainer.save_model(str(out_dir/"adapter"))
+    save_json(out_dir/"adapter"/models.INPUT_OPTIONS, input_options(cfg))   # load_backbone(adapter) restores them
     res = {"arm": arm.name, "seed": seed, "adapter": str(out_dir/"adapter"), "seconds": time.time() - t0,
            "steps": trainer.state.global_step, "log_history": trainer.state.log_history}
     save_json(out_dir/"train_log.json", res)

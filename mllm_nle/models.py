@@ -17,14 +17,15 @@ from .core import pick_device, seed_everything
 from . import inputs
 
 # %% auto #0
-__all__ = ['FAMILIES', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIAL_TOKENS', 'LLAVA_SPECIAL_TOKENS', 'TINY_SIZES',
-           'TINY_BUILD_VERSION', 'LLM_PROJ', 'TRAINED_PARTS', 'METHOD_MODULES', 'Backbone', 'hf_model', 'model_family',
-           'processor_family', 'is_qwen', 'load_backbone', 'with_input_options', 'tokenizer_corpus', 'train_tokenizer',
-           'tiny_cache_dir', 'tiny_build_config', 'tiny_backbone', 'resolve_backbone', 'module_part',
-           'lora_target_modules', 'add_lora', 'set_trainable', 'trainable_parts', 'trained_parts_state', 'load_adapter',
-           'end_of_turn', 'chat_prompt', 'build_batch', 'expand_images', 'to_device', 'autocast_for', 'image_features',
-           'llm_inputs', 'llm_hidden', 'SequenceLogps', 'response_logps', 'last_token_states', 'prompt_states',
-           'forward_features', 'sequence_logps', 'pooled_text', 'pooled_image', 'image_llm_repr', 'generate']
+__all__ = ['FAMILIES', 'INPUT_OPTIONS', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIAL_TOKENS',
+           'LLAVA_SPECIAL_TOKENS', 'TINY_SIZES', 'TINY_BUILD_VERSION', 'LLM_PROJ', 'TRAINED_PARTS', 'METHOD_MODULES',
+           'Backbone', 'hf_model', 'model_family', 'processor_family', 'is_qwen', 'load_backbone', 'with_input_options',
+           'tokenizer_corpus', 'train_tokenizer', 'tiny_cache_dir', 'tiny_build_config', 'tiny_backbone',
+           'resolve_backbone', 'module_part', 'lora_target_modules', 'add_lora', 'set_trainable', 'trainable_parts',
+           'trained_parts_state', 'load_adapter', 'end_of_turn', 'chat_prompt', 'build_batch', 'expand_images',
+           'to_device', 'autocast_for', 'image_features', 'llm_inputs', 'llm_hidden', 'SequenceLogps', 'response_logps',
+           'last_token_states', 'prompt_states', 'forward_features', 'sequence_logps', 'pooled_text', 'pooled_image',
+           'image_llm_repr', 'generate']
 
 # %% ../nbs/02_models.ipynb #08b7fd2a
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava")
@@ -64,14 +65,18 @@ def is_qwen(family: str) -> bool: return family in ("qwen2_5_vl", "qwen2_vl")
 
 # %% ../nbs/02_models.ipynb #f8de2c06
 def load_backbone(name_or_path: str | Path, dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa",
-                  device: str | None = None, max_image_tokens: int | None = None, image_preprocess: str = "pad",
-                  prompt_format: str = "chat") -> Backbone:
+                  device: str | None = None, max_image_tokens: int | None = None, image_preprocess: str | None = None,
+                  prompt_format: str | None = None) -> Backbone:
     """Load a local folder or hub id with `AutoModelForImageTextToText` + `AutoProcessor` (bf16 on cuda, fp32 on cpu).
-    `max_image_tokens` caps Qwen's image tokens; `image_preprocess` (LLaVA: `pad` to square, or `crop`) and `prompt_format`
-    are the processor's `inputs.input_options`. A run's adapter folder loads as the evaluated model (`load_adapter`)."""
+    `max_image_tokens` caps Qwen's image tokens; `image_preprocess` (LLaVA: `pad` to square, the default, or `crop`) and
+    `prompt_format` (default `chat`) are the processor's `inputs.input_options`. A run's adapter folder loads as the evaluated
+    model (`load_adapter`), with the input settings it was trained and evaluated with (`INPUT_OPTIONS`) unless given here."""
     opts = dict(max_image_tokens=max_image_tokens, image_preprocess=image_preprocess, prompt_format=prompt_format)
     adapter_cfg = Path(name_or_path) / "adapter_config.json"
     if adapter_cfg.exists():  # a LoRA checkpoint folder: its base model, then the adapter
+        saved = Path(name_or_path) / INPUT_OPTIONS
+        saved = json.loads(saved.read_text()) if saved.exists() else {}
+        opts = {k: v if v is not None else saved.get(k) for k, v in opts.items()}
         base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
         if not base: raise ValueError(f"{adapter_cfg}: no base_model_name_or_path to load the base model from")
         return load_adapter(load_backbone(base, dtype, attn_implementation, device, **opts), Path(name_or_path))
@@ -82,6 +87,8 @@ def load_backbone(name_or_path: str | Path, dtype: torch.dtype | str | None = No
     model.to(dev).eval()
     processor = AutoProcessor.from_pretrained(str(name_or_path))
     return with_input_options(Backbone(model, processor, model_family(model), str(name_or_path)), **opts)
+
+INPUT_OPTIONS = "input_options.json"   # beside a run's adapter: the input settings it was trained and evaluated with
 
 def with_input_options(bb: Backbone, max_image_tokens: int | None = None, image_preprocess: str | None = None,
                        prompt_format: str | None = None) -> Backbone:

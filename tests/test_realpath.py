@@ -64,6 +64,7 @@ def test_reloaded_run_gives_in_run_logps(tmp_path):
     with torch.no_grad(): in_run = models.sequence_logps(r["backbone"].model, batch).sum
     adapter = Path(r["adapter"])
     assert (adapter/models.TRAINED_PARTS).exists() and (adapter/models.METHOD_MODULES).exists()
+    assert json.loads((adapter/models.INPUT_OPTIONS).read_text()) == experiment.input_options(cfg)
     again = models.load_backbone(adapter)
     with torch.no_grad(): reloaded = models.sequence_logps(again.model, batch).sum
     assert torch.allclose(in_run, reloaded, atol=1e-4), (in_run, reloaded)
