@@ -36,7 +36,7 @@ CHECKS = [   # (what is checked, recipes it concerns, test file, test name prefi
     ("DGPref without pairs: the figure and first-step checks say so", {"DGPref"}, "test_realpath", "test_dgpref_real_data"),
     ("twins change only paths, sizes and steps", ALL, "test_realshape_tier", "test_twin_changes_only"),
     ("mcle_vqax twin: notebook end to end, quiet, start row, equal steps, level note", {"MCLE"}, "test_realshape_tier", "test_twin_runs_end_to_end_quietly_and_reports_the_start_model[mcle_vqax]"),
-    ("dgpref_llava15 twin (LLM decomposer on a tiny Llama): both notebooks, start row", {"DGPref"}, "test_realshape_tier", "test_twin_runs_end_to_end_quietly_and_reports_the_start_model[dgpref_llava15]"),
+    ("dgpref_llava15 twin (LLM decomposer on a tiny Llama, tiny OWL-ViT/BLIP-2/CoLA experts): both notebooks, start row", {"DGPref"}, "test_realshape_tier", "test_twin_runs_end_to_end_quietly_and_reports_the_start_model[dgpref_llava15]"),
     ("hacl_llava15 twin: pretrain + SFT, start row", {"HACL"}, "test_realshape_tier", "test_twin_runs_end_to_end_quietly_and_reports_the_start_model[hacl_llava15]"),
     ("hacl_qwen25vl twin (image tokens capped at 256), start row", {"HACL"}, "test_realshape_tier", "test_twin_runs_end_to_end_quietly_and_reports_the_start_model[hacl_qwen25vl]"),
     ("mcmdpo_twitter twin (paradigm d, 576 tokens per image), start row", {"MCM-DPO"}, "test_realshape_tier", "test_twin_runs_end_to_end_quietly_and_reports_the_start_model[mcmdpo_twitter]"),
