@@ -5,6 +5,7 @@
 # %% ../nbs/03a_batches.ipynb #4902d6ec
 from __future__ import annotations
 import hashlib
+from collections import OrderedDict
 
 import torch
 
@@ -15,21 +16,25 @@ __all__ = ['Collator', 'SFTCollator', 'stable_seed', 'text_batch', 'render_label
 
 # %% ../nbs/03a_batches.ipynb #5d26ad4d
 class Collator:
-    "Base: opens record images (cached by path) and builds batches with `models.build_batch`."
-    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right", cache_size: int = 1024,
+    "Base: opens record images (cached by path, at most `cache_bytes` of pixels) and builds batches with `models.build_batch`."
+    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right", cache_bytes: int = 512 * 2**20,
                  max_image_pixels: int | None = MAX_IMAGE_PIXELS):
-        self.processor, self.max_length, self.padding_side, self.cache_size = processor, max_length, padding_side, cache_size
+        self.processor, self.max_length, self.padding_side, self.cache_bytes = processor, max_length, padding_side, cache_bytes
         self.max_image_pixels = max_image_pixels
-        self._cache: dict = {}
+        self._cache: OrderedDict = OrderedDict()
+        self._cached_bytes = 0
 
     def image(self, rec):
-        "The record's RGB image (or None), cached by path; refused over `max_image_pixels` (`open_image`)."
+        "The record's RGB image (or None), cached by path (least recently used out first); refused over `max_image_pixels` (`open_image`)."
         if rec.get("image") is None and not rec.get("image_b64"): return None
         key = rec.get("image") or rec["id"]
-        if key not in self._cache:
-            if len(self._cache) >= self.cache_size: self._cache.clear()
-            self._cache[key] = open_image(rec, self.max_image_pixels)
-        return self._cache[key]
+        if key in self._cache: self._cache.move_to_end(key); return self._cache[key]
+        im = open_image(rec, self.max_image_pixels)
+        size = im.width * im.height * len(im.getbands())
+        while self._cache and self._cached_bytes + size > self.cache_bytes:
+            old = self._cache.popitem(last=False)[1]; self._cached_bytes -= old.width * old.height * len(old.getbands())
+        if size <= self.cache_bytes: self._cache[key] = im; self._cached_bytes += size
+        return im
 
     def example(self, rec, prompt=None, response=None, image=..., image_key=...):
         "A `build_batch` example from `rec`, with optional overrides."

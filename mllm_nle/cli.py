@@ -38,6 +38,7 @@ def train_cli(method: Param("registered method: sft, mcle, dpo, mcm_dpo, hacl", 
               save_steps: Param("checkpoint every n steps", int) = 500,
               logging_steps: Param("log the loss terms every n steps", int) = 10,
               max_image_pixels: Param("refuse larger images before decoding (0: no limit)", int) = 40_000_000,
+              max_image_tokens: Param("Qwen: at most this many image tokens per image (0: the checkpoint's own limit)", int) = 0,
               gradient_checkpointing: Param("recompute activations (lower memory, slower)", store_true) = False,
               resume: Param("checkpoint folder to resume from, or 'last'", str) = None,
               seed: Param("seed for weights and data order", int) = 0):
@@ -45,7 +46,7 @@ def train_cli(method: Param("registered method: sft, mcle, dpo, mcm_dpo, hacl", 
     from mllm_nle import data, models
     opts = json.loads(method_kw)
     m = get_method(method, **opts)
-    bb = models.resolve_backbone(backbone)
+    bb = models.resolve_backbone(backbone, max_image_tokens=max_image_tokens or None)
     lim = max_image_pixels or None
     recs, report = data.load_records(kind or METHOD_DATA[method], records, image_root=image_root, max_image_pixels=lim)
     log.info(str(report))

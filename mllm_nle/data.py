@@ -20,9 +20,10 @@ from .core import DataFileError, shared_data
 # %% auto #0
 __all__ = ['MAX_IMAGE_PIXELS', 'MAX_ASPECT_RATIO', 'MCLE_LEVELS', 'HACL_PROMPT', 'PREF_KEYS', 'LOADERS', 'LoadReport',
            'read_records', 'ImageLimitError', 'image_candidates', 'resolve_image', 'to_rgb', 'check_image',
-           'open_image', 'load_mcle_train', 'load_vqax_test', 'strip_image_token', 'load_llava', 'same_caption',
-           'load_hacl', 'load_preferences', 'split_context', 'load_mcmdpo_train', 'load_mcmdpo_test', 'load_objhal',
-           'load_pope', 'load_mmhal', 'load_amber_queries', 'load_swift_pairs', 'load_records']
+           'check_image_header', 'image_size', 'open_image', 'load_mcle_train', 'load_vqax_test', 'strip_image_token',
+           'load_llava', 'same_caption', 'load_hacl', 'load_preferences', 'split_context', 'load_mcmdpo_train',
+           'load_mcmdpo_test', 'load_objhal', 'load_pope', 'load_mmhal', 'load_amber_queries', 'load_swift_pairs',
+           'load_records']
 
 # %% ../nbs/03_data.ipynb #bcbd91e4
 @dataclass
@@ -194,6 +195,17 @@ def check_image(path: str, fld: str = "image", max_pixels: int | None = MAX_IMAG
     except ImageLimitError as e: raise _Bad(fld, e.reason, f"{path}: {e.detail}") from None
     except Exception as e: raise _Bad(fld, "image not decodable", f"{path}: {type(e).__name__}: {e}") from None
 
+def check_image_header(path: str, fld: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS):
+    "Read only the image's header: `_Bad` when it is unreadable, over the pixel limit or too elongated (nothing is decoded)."
+    try:
+        with _open_limited(path, path, max_pixels): pass
+    except ImageLimitError as e: raise _Bad(fld, e.reason, f"{path}: {e.detail}") from None
+    except DataFileError as e: raise _Bad(fld, "image not readable", str(e)) from None
+
+def image_size(path: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    "`(width, height)` of an image file from its header (refused over the limits, like `open_image`)."
+    with _open_limited(path, path, max_pixels) as im: return im.size
+
 def open_image(path_or_record, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
     "An 8-bit RGB `PIL.Image` (`to_rgb`) from a path, an image, or a record holding `image` (a path) or `image_b64`."
     r = path_or_record
@@ -216,8 +228,8 @@ def _n_tokens(tokenizer, text: str) -> int:
 
 def _load(path, kind: str, parse: Callable, on_error="raise", image_root=None, require_images=True,
           check_images=False, tokenizer=None, max_prompt_tokens=None, image_field="image", rows=None, resolve_images=True,
-          max_image_pixels: int | None = MAX_IMAGE_PIXELS):
-    "Parse every record of `path` with `parse(rec, i) -> dict`, validating images, ids and prompt lengths."
+          max_image_pixels: int | None = MAX_IMAGE_PIXELS, check_headers: bool = True):
+    "Parse every record of `path` with `parse(rec, i) -> dict`, validating images (headers; `check_images`: decoded), ids and prompt lengths."
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if max_prompt_tokens is not None and tokenizer is None: raise ValueError("max_prompt_tokens needs a tokenizer")
     path = Path(path); report = LoadReport(str(path), kind)
@@ -230,9 +242,11 @@ def _load(path, kind: str, parse: Callable, on_error="raise", image_root=None, r
             if isinstance(rec, dict) and "scene_id" in rec: r.setdefault("scene_id", rec["scene_id"])  # the world's ground truth
             if r.get("image") is not None and resolve_images:
                 r["image"] = resolve_image(r["image"], root, must_exist=require_images)
-                if check_images:  # decode each distinct file once per load
+                if check_images or (check_headers and require_images):   # each distinct file once per load
                     if r["image"] not in checked:
-                        try: check_image(r["image"], image_field, max_image_pixels); checked[r["image"]] = None
+                        try:
+                            (check_image if check_images else check_image_header)(r["image"], image_field, max_image_pixels)
+                            checked[r["image"]] = None
                         except _Bad as e: checked[r["image"]] = e
                     if checked[r["image"]] is not None: raise checked[r["image"]]
             rid = r["id"]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_experiment.ipynb #dcbeb4cd
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile, time
+import dataclasses, hashlib, json, os, shutil, tempfile, time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -17,10 +17,12 @@ from .data import MAX_IMAGE_PIXELS
 log = get_logger("mllm_nle.experiment")
 
 # %% auto #0
-__all__ = ['log', 'RunConfig', 'notebook_params', 'notebook_config', 'config_key', 'model_id', 'cache_root', 'repo_path',
-           'cached_dir', 'training_args', 'train_baseline', 'Arm', 'lora_options', 'train_arm', 'write_results',
-           'run_arms', 'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table',
-           'summary_table', 'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
+__all__ = ['log', 'LR_SCHEDULERS', 'START_ROW', 'RunConfig', 'check_run_settings', 'notebook_params', 'notebook_config',
+           'config_help', 'parameters_cell', 'config_key', 'model_id', 'cache_root', 'repo_path', 'cached_dir',
+           'training_args', 'input_options', 'load_model', 'collator_options', 'train_baseline', 'Arm', 'lora_options',
+           'train_arm', 'write_results', 'start_model', 'processor_of', 'image_token_preflight', 'run_arms',
+           'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table', 'summary_table',
+           'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
 
 # %% ../nbs/07a_experiment.ipynb #e0e6d953
 @dataclass
@@ -40,13 +42,15 @@ class RunConfig:
     sft_lr: float = 2e-3
     sft_batch_size: int = 16
     sft_freeze_vision: bool = False    # keep a pre-trained vision tower fixed in the baseline (the seeing backbones see better so)
+    sft_lr_scheduler: str = "cosine"   # the baseline's schedule (LR_SCHEDULERS)
     # stage 2: the arms, LoRA, equal steps
     steps: int = 150                   # 0: train by epochs
     epochs: float = 1.0
-    lr: float = 5e-4
+    lr: float = 5e-4                   # the arms' (LoRA) lr; a release's full-fine-tune lr reused here may be too low for LoRA: tune it
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.05         # a fraction of the steps (transformers 5: warmup_steps < 1)
+    lr_scheduler: str = "cosine"       # the arms' schedule (LR_SCHEDULERS); each recipe defaults to its release's
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -57,6 +61,11 @@ class RunConfig:
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_steps: int = 1000
+    # the real checkpoints' inputs (models.load_backbone, nbs/01b_inputs.ipynb)
+    max_image_tokens: int | None = None   # Qwen: at most this many LM tokens per image (max_pixels: n*28*28); None: the checkpoint's limit
+    image_preprocess: str = "pad"      # LLaVA: pad to square in the CLIP mean colour (the releases) | crop (llava-hf's centre crop)
+    prompt_format: str = "chat"        # chat (the checkpoint's template) | llava_v1 (LLaVA-1.5's system prompt) | dgpref (DGPref's sampling prompt)
+    image_cache_mb: int = 512          # decoded images a collator keeps in memory (per dataloader worker), in MiB of RGB pixels
     # evaluation
     max_new_tokens: int = 40
     eval_batch_size: int = 32
@@ -68,6 +77,22 @@ class RunConfig:
         if self.steps < 0 or self.sft_steps < 0: raise ConfigError(f"{type(self).__name__}: steps and sft_steps must be >= 0")
         if self.max_image_pixels is not None and self.max_image_pixels <= 0:
             raise ConfigError(f"{type(self).__name__}: max_image_pixels must be > 0, or null for no limit")
+        check_run_settings(self)
+
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt")
+
+def check_run_settings(cfg: RunConfig):
+    "Range checks of the schedule, cache and input settings (`RunConfig.__post_init__` runs them)."
+    from mllm_nle import inputs
+    name = type(cfg).__name__
+    for k in ("lr_scheduler", "sft_lr_scheduler"):
+        if getattr(cfg, k) not in LR_SCHEDULERS: raise ConfigError(f"{name}: {k} must be one of {LR_SCHEDULERS}, got {getattr(cfg, k)!r}")
+    if not 0 <= cfg.warmup_ratio < 1: raise ConfigError(f"{name}: warmup_ratio must lie in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.max_image_tokens is not None and cfg.max_image_tokens < 1:
+        raise ConfigError(f"{name}: max_image_tokens must be >= 1, or null for the checkpoint's own limit; got {cfg.max_image_tokens}")
+    if cfg.image_cache_mb < 0: raise ConfigError(f"{name}: image_cache_mb must be >= 0 (0: no cache), got {cfg.image_cache_mb}")
+    try: inputs.check_options(cfg.prompt_format, cfg.image_preprocess)
+    except ConfigError as e: raise ConfigError(f"{name}: {e}") from None
 
 # %% ../nbs/07a_experiment.ipynb #e5f9a6bd
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -84,6 +109,28 @@ def notebook_config(cls, ns: dict, params_file: str | None = None, extra=()):
     unknown = sorted(set(params) - names - {"params_file", *extra})
     if unknown: raise ConfigError(f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(names | set(extra))}")
     return load_config(cls, params_file, **{k: v for k, v in params.items() if k in names and v is not None})
+
+# %% ../nbs/07a_experiment.ipynb #5151963c
+def config_help(cls) -> dict[str, str]:
+    "Each field's help text: the comment on its line in the class (or a base class) source."
+    import inspect, re
+    out: dict = {}
+    for k in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(k): continue
+        for line in inspect.getsource(k).splitlines():
+            m = re.match(r"^    (\w+)\s*:[^=]*=.*?#\s*(.+)$", line)
+            if m and not m[2].startswith("|"): out[m[1]] = m[2].strip()
+    return out
+
+def parameters_cell(cls, keep: dict | None = None) -> str:
+    "The source of a notebook's `parameters` cell for config `cls`: `params_file`, then every field (`keep`: values to keep)."
+    helps, keep = config_help(cls), keep or {}
+    lines = [f"params_file = None  # a params YAML; `papermill -f` sets the same variables. Every name left None takes {cls.__name__}'s default"]
+    for f in fields(cls):
+        v = repr(keep[f.name]) if keep.get(f.name) is not None else "None"
+        help_ = helps.get(f.name, "").replace("=", ":")   # papermill's parser reads an "=" in the comment as the assignment
+        lines.append(f"{f.name} = {v}" + (f"  # {help_}" if help_ else ""))
+    return "\n".join(lines)
 
 # %% ../nbs/07a_experiment.ipynb #bdb27660
 def config_key(**parts) -> str:
@@ -121,15 +168,35 @@ def cached_dir(d: Path, build: Callable[[Path], dict]) -> Path:
     return d
 
 # %% ../nbs/07a_experiment.ipynb #c51e87b4
-def training_args(cfg: RunConfig, out_dir, steps: int, lr: float, batch_size: int, seed: int, epochs: float | None = None):
-    "The `TrainingArguments` for one stage (steps > 0 wins over epochs)."
+def training_args(cfg: RunConfig, out_dir, steps: int, lr: float, batch_size: int, seed: int, epochs: float | None = None,
+                  scheduler: str | None = None):
+    "The `TrainingArguments` for one stage (steps > 0 wins over epochs; `scheduler` default: the arms' `lr_scheduler`)."
     from mllm_nle.train import make_training_args
     return make_training_args(out_dir, max_steps=steps if steps > 0 else -1, num_train_epochs=epochs or 1.0,
                               learning_rate=lr, per_device_train_batch_size=batch_size,
                               gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
                               logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=1,
                               seed=seed, data_seed=seed, gradient_checkpointing=cfg.gradient_checkpointing,
-                              report_to="none", disable_tqdm=False)
+                              lr_scheduler_type=scheduler or cfg.lr_scheduler, report_to="none", disable_tqdm=False)
+
+def input_options(cfg: RunConfig) -> dict:
+    "The config's input settings, as `models.resolve_backbone` takes them."
+    return dict(max_image_tokens=cfg.max_image_tokens, image_preprocess=cfg.image_preprocess, prompt_format=cfg.prompt_format)
+
+def load_model(cfg: RunConfig, spec=None):
+    "The backbone `spec` (default `cfg.backbone`) on `cfg.device`, with the config's input settings."
+    from mllm_nle import models
+    return models.resolve_backbone(str(spec if spec is not None else cfg.backbone), cfg.device, **input_options(cfg))
+
+def collator_options(cfg: RunConfig) -> dict:
+    "What every stage's collator takes from the config: the pixel limit and the image cache's size."
+    return dict(max_image_pixels=cfg.max_image_pixels, cache_bytes=cfg.image_cache_mb * 2**20)
+
+def _stage_key(cfg: RunConfig) -> dict:
+    "The schedule and input settings in a baseline's key, when they are not the defaults its older caches were built with."
+    extra = dict(sch=cfg.sft_lr_scheduler) if cfg.sft_lr_scheduler != "cosine" else {}
+    inp = input_options(cfg)
+    return extra | (dict(inp=inp) if inp != dict(max_image_tokens=None, image_preprocess="pad", prompt_format="chat") else {})
 
 def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, trainable: dict | None = None) -> Path:
     "Train (once, cached) the baseline on `records` with `method` (default SFT); return the saved model's folder."
@@ -138,14 +205,14 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
     method = method or train.get_method("sft")
     if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
     key = config_key(b=model_id(cfg.backbone), d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
-                     bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2)
+                     bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2, **_stage_key(cfg))
     def build(d):
         seed_everything(cfg.data_seed)
-        bb = models.resolve_backbone(cfg.backbone, cfg.device)
+        bb = load_model(cfg)
         models.set_trainable(bb.model, **(trainable or dict(vision=True, projector=True, llm=True)))
-        args = training_args(cfg, d/"checkpoints", cfg.sft_steps, cfg.sft_lr, cfg.sft_batch_size, cfg.data_seed)
+        args = training_args(cfg, d/"checkpoints", cfg.sft_steps, cfg.sft_lr, cfg.sft_batch_size, cfg.data_seed, scheduler=cfg.sft_lr_scheduler)
         t0 = time.time()
-        collator = method.collator(bb.processor, max_image_pixels=cfg.max_image_pixels)
+        collator = method.collator(bb.processor, **collator_options(cfg))
         trainer = train.MethodTrainer(model=bb.model, args=args, method=method, data_collator=collator, train_dataset=list(records))
         trainer.train()
         shutil.rmtree(d/"checkpoints", ignore_errors=True)
@@ -165,10 +232,9 @@ class Arm:
     batch_size: int | None = None
     base: Path | None = None                      # start from this model instead of the run's baseline (e.g. a pretrain stage)
     callbacks: Callable[[], list] | None = None   # fresh `TrainerCallback`s for each run of the arm (e.g. a probe)
+    steps: int | None = None                      # this arm's optimiser steps, overriding cfg.steps (a recipe's equal-steps budget)
 
-def _base_backbone(cfg: RunConfig, base: Path | None):
-    from mllm_nle import models
-    return models.resolve_backbone(str(base) if base is not None else cfg.backbone, cfg.device)
+def _base_backbone(cfg: RunConfig, base: Path | None): return load_model(cfg, base)
 
 def lora_options(cfg: RunConfig) -> dict:
     "The `models.add_lora` options of a config: rank, alpha, dropout and where the adapters go."
@@ -176,18 +242,19 @@ def lora_options(cfg: RunConfig) -> dict:
                 on_vision=cfg.lora_on_vision, vision_targets=cfg.lora_vision_targets)
 
 def train_arm(cfg: RunConfig, base: Path | None, arm: Arm, out_dir: Path, seed: int | None = None) -> dict:
-    "LoRA-train `arm` from `base` for `cfg.steps`; save its adapter and log; return them with the trained backbone."
-    from mllm_nle import train
+    "LoRA-train `arm` from `base` for `cfg.steps` (or `arm.steps`); save its adapter and log; return them with the trained backbone."
+    from mllm_nle import models, train
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     bb = _base_backbone(cfg, arm.base if arm.base is not None else base)
-    args = training_args(cfg, out_dir/"checkpoints", cfg.steps, cfg.lr, arm.batch_size or cfg.batch_size, seed, cfg.epochs)
+    steps = cfg.steps if arm.steps is None else arm.steps
+    args = training_args(cfg, out_dir/"checkpoints", steps, cfg.lr, arm.batch_size or cfg.batch_size, seed, cfg.epochs)
     t0 = time.time()
-    trainer = train.build_trainer(arm.method(), bb, arm.records, args, lora=lora_options(cfg),
-                                  collator_kw=dict(max_image_pixels=cfg.max_image_pixels),
+    trainer = train.build_trainer(arm.method(), bb, arm.records, args, lora=lora_options(cfg), collator_kw=collator_options(cfg),
                                   callbacks=arm.callbacks() if arm.callbacks else None)
     trainer.train()
     trainer.save_model(str(out_dir/"adapter"))
+    save_json(out_dir/"adapter"/models.INPUT_OPTIONS, input_options(cfg))   # load_backbone(adapter) restores them
     res = {"arm": arm.name, "seed": seed, "adapter": str(out_dir/"adapter"), "seconds": time.time() - t0,
            "steps": trainer.state.global_step, "log_history": trainer.state.log_history}
     save_json(out_dir/"train_log.json", res)
@@ -199,13 +266,55 @@ def write_results(out: Path, results: dict, meta: dict):
     for name, r in results.items(): save_jsonl(Path(out)/f"generations_{name}.jsonl", r["rows"])
     save_json(Path(out)/"metrics.json", {**meta, "models": {k: {kk: vv for kk, vv in v.items() if kk != "rows"} for k, v in results.items()}})
 
+# %% ../nbs/07a_experiment.ipynb #3da5939d
+START_ROW = "baseline"
+"The result row of the model every arm starts from (the SFT baseline, or the backbone itself with `sft_steps: 0`), always present."
+
+def start_model(cfg: RunConfig, base: Path | None) -> dict:
+    "What the start row is: its row name, the model and whether it is a trained SFT baseline."
+    return dict(row=START_ROW, model=str(base if base is not None else cfg.backbone), sft_steps=cfg.sft_steps,
+                kind="sft baseline" if cfg.sft_steps > 0 else "the backbone itself (sft_steps: 0)")
+
+def processor_of(cfg: RunConfig, spec=None):
+    "The processor of model `spec` (default `cfg.backbone`) with the config's input settings; a real checkpoint's weights are not loaded."
+    from transformers import AutoProcessor
+    from mllm_nle import inputs
+    spec = str(spec if spec is not None else cfg.backbone)
+    if spec.startswith("tiny:"): return load_model(cfg, spec).processor
+    if spec.startswith("realshape:"):
+        from mllm_nle import realshape
+        spec = str(realshape.spec_path(spec))
+    proc = AutoProcessor.from_pretrained(spec)
+    inputs.cap_image_tokens(proc, cfg.max_image_tokens)
+    return inputs.set_input_options(proc, image_preprocess=cfg.image_preprocess, prompt_format=cfg.prompt_format)
+
+def image_token_preflight(cfg: RunConfig, records: list, processor, out: Path | None = None, what: str = "training records") -> dict:
+    "Image tokens per record (from image headers) through `processor`: `{n, min, median, max, total, max_image_tokens}`, logged (and saved)."
+    from mllm_nle import data, inputs
+    sizes: dict = {}
+    for r in records:
+        p = r.get("image")
+        if isinstance(p, str) and p not in sizes: sizes[p] = data.image_size(p, cfg.max_image_pixels)
+    rep = inputs.token_summary(inputs.image_tokens(processor, *sizes[r["image"]]) for r in records if isinstance(r.get("image"), str))
+    rep |= dict(max_image_tokens=cfg.max_image_tokens, what=what, records=len(records))
+    log.info(f"pre-flight: {rep['n']} {what} with an image: image tokens per record min {rep['min']}, median {rep['median']}, "
+             f"max {rep['max']} (max_image_tokens={cfg.max_image_tokens})")
+    if out is not None: save_json(Path(out)/"preflight.json", rep)
+    return rep
+
+def _preflight(cfg: RunConfig, out: Path, base, arms: list[Arm]) -> dict:
+    recs = list({id(r): r for a in arms for r in a.records}.values())
+    return image_token_preflight(cfg, recs, processor_of(cfg, base), out) if recs else {}
+
+# %% ../nbs/07a_experiment.ipynb #e3cdc624
 def run_arms(cfg: RunConfig, out: Path, base: Path | None, arms: list[Arm], evaluate: Callable, meta: dict | None = None) -> dict:
-    "Evaluate the baseline, then train and evaluate every arm at `cfg.steps`; `{results, logs}`, written as they come."
-    out, meta, results, logs = Path(out), meta or {}, {}, {}
-    if base is not None and cfg.sft_steps > 0:
-        results["baseline"] = evaluate(_base_backbone(cfg, base))
-        logs["baseline"] = load_json(Path(base)/"done.json")["log_history"]
-        write_results(out, results, meta)
+    "Pre-flight, evaluate the start model (`START_ROW`), then train and evaluate every arm; `{results, logs}`, written as they come."
+    out, results, logs = Path(out), {}, {}
+    meta = {**(meta or {}), "start_model": start_model(cfg, base), "preflight": _preflight(cfg, out, base, arms)}
+    results[START_ROW] = evaluate(_base_backbone(cfg, base))
+    done = Path(str(base))/"done.json" if base is not None else None
+    logs[START_ROW] = load_json(done)["log_history"] if done is not None and done.exists() else []
+    write_results(out, results, meta)
     for arm in arms:
         r = train_arm(cfg, base, arm, out/arm.name)
         results[arm.name] = evaluate(r.pop("backbone"))
@@ -214,7 +323,7 @@ def run_arms(cfg: RunConfig, out: Path, base: Path | None, arms: list[Arm], eval
     save_json(out/"log_history.json", logs)
     return dict(results=results, logs=logs)
 
-# %% ../nbs/07a_experiment.ipynb #e3cdc624
+# %% ../nbs/07a_experiment.ipynb #957470e6
 def study_row(ev: dict) -> dict:
     "The numbers a study keeps of one evaluation: its `summary` and its `breakdown` (e.g. accuracy by type)."
     return {**ev["summary"], **ev.get("breakdown", {})}
@@ -229,16 +338,18 @@ def study_summary(per_seed: dict) -> dict:
             if vals: res[name][k] = dict(mean=float(np.mean(vals)), std=float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, values=vals)
     return res
 
-def run_study(cfg: RunConfig, out: Path, base: Path | None, arms: list[Arm], evaluate: Callable, seeds=None) -> dict:
-    "Every arm at every seed from one baseline; writes and returns `{summary, items}` (`study.json`)."
+def run_study(cfg: RunConfig, out: Path, base: Path | None, arms: list[Arm], evaluate: Callable, seeds=None,
+              meta: dict | None = None) -> dict:
+    "Pre-flight, the start model (`START_ROW`), then every arm at every seed from it; writes and returns `{summary, items, meta}` (`study.json`)."
     out, seeds = Path(out), list(seeds if seeds is not None else cfg.seeds)
+    meta = {**(meta or {}), "start_model": start_model(cfg, base), "preflight": _preflight(cfg, out, base, arms)}
     per_seed, items = {}, {}
     def keep(name, seed, ev, folder):
         per_seed.setdefault(name, {})[seed] = study_row(ev)
         save_jsonl(out/folder/"generations.jsonl", ev["rows"])
         items.setdefault(name, {})[str(seed)] = f"{folder}/generations.jsonl"
-        save_json(out/"study.json", dict(summary=study_summary(per_seed), items=items, seeds=seeds))
-    if base is not None and cfg.sft_steps > 0: keep("baseline", "-", evaluate(_base_backbone(cfg, base)), "baseline")
+        save_json(out/"study.json", dict(summary=study_summary(per_seed), items=items, seeds=seeds, meta=meta))
+    keep(START_ROW, "-", evaluate(_base_backbone(cfg, base)), START_ROW)
     for seed in seeds:
         for arm in arms:
             r = train_arm(cfg, base, arm, out/f"seed{seed}"/arm.name, seed=seed)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #981d7907
 from __future__ import annotations
-import hashlib, json, os, re, shutil, tempfile
+import contextlib, hashlib, json, os, re, shutil, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,16 +14,18 @@ import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .core import pick_device, seed_everything
+from . import inputs
 
 # %% auto #0
-__all__ = ['FAMILIES', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIAL_TOKENS', 'LLAVA_SPECIAL_TOKENS', 'TINY_SIZES',
-           'TINY_BUILD_VERSION', 'LLM_PROJ', 'Backbone', 'hf_model', 'model_family', 'processor_family', 'is_qwen',
-           'load_backbone', 'tokenizer_corpus', 'train_tokenizer', 'tiny_cache_dir', 'tiny_build_config',
-           'tiny_backbone', 'resolve_backbone', 'module_part', 'lora_target_modules', 'add_lora', 'set_trainable',
-           'trainable_parts', 'load_adapter', 'end_of_turn', 'chat_prompt', 'build_batch', 'expand_images', 'to_device',
-           'image_features', 'llm_inputs', 'llm_hidden', 'SequenceLogps', 'response_logps', 'last_token_states',
-           'prompt_states', 'forward_features', 'sequence_logps', 'pooled_text', 'pooled_image', 'image_llm_repr',
-           'generate']
+__all__ = ['FAMILIES', 'INPUT_OPTIONS', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIAL_TOKENS',
+           'LLAVA_SPECIAL_TOKENS', 'TINY_SIZES', 'TINY_BUILD_VERSION', 'LLM_PROJ', 'TRAINED_PARTS', 'METHOD_MODULES',
+           'Backbone', 'hf_model', 'model_family', 'processor_family', 'is_qwen', 'load_backbone', 'with_input_options',
+           'tokenizer_corpus', 'train_tokenizer', 'tiny_cache_dir', 'tiny_build_config', 'tiny_backbone',
+           'resolve_backbone', 'module_part', 'lora_target_modules', 'add_lora', 'set_trainable', 'trainable_parts',
+           'trained_parts_state', 'load_adapter', 'end_of_turn', 'chat_prompt', 'build_batch', 'expand_images',
+           'to_device', 'autocast_for', 'image_features', 'llm_inputs', 'llm_hidden', 'SequenceLogps', 'response_logps',
+           'last_token_states', 'prompt_states', 'forward_features', 'sequence_logps', 'pooled_text', 'pooled_image',
+           'image_llm_repr', 'generate']
 
 # %% ../nbs/02_models.ipynb #08b7fd2a
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava")
@@ -35,6 +37,7 @@ class Backbone:
     processor: Any
     family: str
     path: str | None = None
+    method_state: dict | None = None   # a run's `method_modules.safetensors` (e.g. HACL's heads), when it saved one
     @property
     def tokenizer(self): return self.processor.tokenizer
 
@@ -61,21 +64,40 @@ def processor_family(processor) -> str:
 def is_qwen(family: str) -> bool: return family in ("qwen2_5_vl", "qwen2_vl")
 
 # %% ../nbs/02_models.ipynb #f8de2c06
-def load_backbone(name_or_path: str | Path, dtype: torch.dtype | str | None = None,
-                  attn_implementation: str = "sdpa", device: str | None = None) -> Backbone:
-    "Load a local folder or hub id with `AutoModelForImageTextToText` + `AutoProcessor` (bf16 on cuda, fp32 on cpu)."
+def load_backbone(name_or_path: str | Path, dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa",
+                  device: str | None = None, max_image_tokens: int | None = None, image_preprocess: str | None = None,
+                  prompt_format: str | None = None) -> Backbone:
+    """Load a local folder or hub id with `AutoModelForImageTextToText` + `AutoProcessor` (bf16 on cuda, fp32 on cpu).
+    `max_image_tokens` caps Qwen's image tokens; `image_preprocess` (LLaVA: `pad` to square, the default, or `crop`) and
+    `prompt_format` (default `chat`) are the processor's `inputs.input_options`. A run's adapter folder loads as the evaluated
+    model (`load_adapter`), with the input settings it was trained and evaluated with (`INPUT_OPTIONS`) unless given here."""
+    opts = dict(max_image_tokens=max_image_tokens, image_preprocess=image_preprocess, prompt_format=prompt_format)
     adapter_cfg = Path(name_or_path) / "adapter_config.json"
     if adapter_cfg.exists():  # a LoRA checkpoint folder: its base model, then the adapter
+        saved = Path(name_or_path) / INPUT_OPTIONS
+        saved = json.loads(saved.read_text()) if saved.exists() else {}
+        opts = {k: v if v is not None else saved.get(k) for k, v in opts.items()}
         base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
         if not base: raise ValueError(f"{adapter_cfg}: no base_model_name_or_path to load the base model from")
-        return load_adapter(load_backbone(base, dtype, attn_implementation, device), Path(name_or_path))
+        return load_adapter(load_backbone(base, dtype, attn_implementation, device, **opts), Path(name_or_path))
     dev, default_dtype = pick_device(device)
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         str(name_or_path), dtype=dtype or default_dtype, attn_implementation=attn_implementation)
     model.to(dev).eval()
     processor = AutoProcessor.from_pretrained(str(name_or_path))
-    return Backbone(model, processor, model_family(model), str(name_or_path))
+    return with_input_options(Backbone(model, processor, model_family(model), str(name_or_path)), **opts)
+
+INPUT_OPTIONS = "input_options.json"   # beside a run's adapter: the input settings it was trained and evaluated with
+
+def with_input_options(bb: Backbone, max_image_tokens: int | None = None, image_preprocess: str | None = None,
+                       prompt_format: str | None = None) -> Backbone:
+    "`bb` with its processor's image-token cap and input options set (None: leave as is)."
+    inputs.cap_image_tokens(bb.processor, max_image_tokens)
+    opts = {k: v for k, v in dict(image_preprocess=image_preprocess, prompt_format=prompt_format).items() if v is not None}
+    inputs.set_input_options(bb.processor, **opts)
+    inputs.check_options(**inputs.input_options(bb.processor), family=bb.family)
+    return bb
 
 # %% ../nbs/02_models.ipynb #a1759db0
 QWEN_CHAT_TEMPLATE = (
@@ -243,18 +265,24 @@ def tiny_backbone(family: str = "qwen2_5_vl", size: str = "xs", seed: int = 0, c
     return load_backbone(out, device=device)
 
 # %% ../nbs/02_models.ipynb #6f561008
-def resolve_backbone(spec: str, device: str | None = None) -> Backbone:
-    "`tiny:<family>:<size>[:<seed>]` builds the embedded default (`seeing`: the seeing base); anything else is a local path or hub id."
-    if spec.startswith("tiny:"):
-        parts = spec.split(":")
-        if len(parts) not in (3, 4) or not all(parts[1:]):
-            raise ValueError(f"backbone {spec!r}: expected tiny:<family>:<size>[:<seed>], e.g. tiny:qwen2_5_vl:xs")
-        seed = int(parts[3]) if len(parts) == 4 else 0
-        if parts[2] == "seeing":
-            from mllm_nle import seeing   # lazily: seeing builds on this module
-            return seeing.seeing_backbone(parts[1], seed=seed, device=device)
-        return tiny_backbone(parts[1], parts[2], seed=seed, device=device)
-    return load_backbone(spec, device=device)
+def resolve_backbone(spec: str, device: str | None = None, **input_kw) -> Backbone:
+    """`tiny:<family>:<size>[:<seed>]` builds the embedded default (`seeing`: the seeing base); `realshape:<kind>` a real-shaped
+    checkpoint (`mllm_nle.realshape`); anything else is a local path or hub id. `input_kw`: `with_input_options`."""
+    if spec.startswith("realshape:"):
+        from mllm_nle import realshape   # lazily: realshape builds on this module
+        return with_input_options(load_backbone(realshape.spec_path(spec), device=device), **input_kw)
+    if spec.startswith("tiny:"): return with_input_options(_tiny_spec(spec, device), **input_kw)
+    return with_input_options(load_backbone(spec, device=device), **input_kw)
+
+def _tiny_spec(spec: str, device: str | None) -> Backbone:
+    parts = spec.split(":")
+    if len(parts) not in (3, 4) or not all(parts[1:]):
+        raise ValueError(f"backbone {spec!r}: expected tiny:<family>:<size>[:<seed>], e.g. tiny:qwen2_5_vl:xs")
+    seed = int(parts[3]) if len(parts) == 4 else 0
+    if parts[2] == "seeing":
+        from mllm_nle import seeing   # lazily: seeing builds on this module
+        return seeing.seeing_backbone(parts[1], seed=seed, device=device)
+    return tiny_backbone(parts[1], parts[2], seed=seed, device=device)
 
 # %% ../nbs/02_models.ipynb #4da54dff
 LLM_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -286,7 +314,14 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, on_visi
     from peft import LoraConfig, get_peft_model
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                      target_modules=lora_target_modules(model, on_vision, on_projector, targets, vision_targets))
-    return get_peft_model(model, cfg)
+    with _quiet_peft(): return get_peft_model(model, cfg)
+
+@contextlib.contextmanager
+def _quiet_peft():
+    "peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning in every run): silence that one warning."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 def set_trainable(model, vision: bool = False, projector: bool = True, llm: bool = True):
     "Freeze or unfreeze each part. A part carrying LoRA adapters trains its adapters only; otherwise all its weights."
@@ -305,15 +340,35 @@ def trainable_parts(model) -> dict[str, int]:
         if p.requires_grad: out[module_part(n)] += p.numel()
     return out
 
+TRAINED_PARTS = "trained_parts.safetensors"     # beside a run's adapter: the weights it trained whole (not through LoRA)
+METHOD_MODULES = "method_modules.safetensors"   # ... and its method's own modules (e.g. HACL's projection heads)
+
+def trained_parts_state(model) -> dict:
+    "The parameters `model` trains whole (trainable, not LoRA, not a method module), under the base model's names."
+    return {n.removeprefix("base_model.model."): p for n, p in model.named_parameters()
+            if p.requires_grad and "lora_" not in n and not n.startswith("method_modules")}
+
+def _restore_parts(model, path: Path):
+    from safetensors.torch import load_file
+    state, params = load_file(str(path)), dict(hf_model(model).named_parameters())
+    bad = [k for k in state if k not in params or tuple(params[k].shape) != tuple(state[k].shape)]
+    if bad: raise ValueError(f"{path}: {len(bad)} tensor(s) fit no parameter of the base model (another backbone?): {bad[:3]}")
+    with torch.no_grad():
+        for k, v in state.items(): params[k].copy_(v.to(params[k].dtype))
+
 def load_adapter(backbone: Backbone, ckpt_dir: str | Path, is_trainable: bool = False) -> Backbone:
-    "Load the peft adapter saved in `ckpt_dir` (or its `adapter/` sub-folder) onto `backbone`'s base model."
+    """The evaluated model of a run: the peft adapter in `ckpt_dir` (or its `adapter/` sub-folder) on `backbone`'s base model,
+    after the weights the run trained whole (`TRAINED_PARTS`); its method modules' weights (`METHOD_MODULES`) as `method_state`."""
     from peft import PeftModel
+    from safetensors.torch import load_file
     ckpt_dir = Path(ckpt_dir)
     d = next((c for c in (ckpt_dir, ckpt_dir / "adapter") if (c / "adapter_config.json").exists()), None)
     if d is None: raise FileNotFoundError(f"{ckpt_dir}: no adapter_config.json here or in adapter/")
-    model = PeftModel.from_pretrained(backbone.model, str(d), is_trainable=is_trainable)
+    if (d / TRAINED_PARTS).exists(): _restore_parts(backbone.model, d / TRAINED_PARTS)
+    with _quiet_peft(): model = PeftModel.from_pretrained(backbone.model, str(d), is_trainable=is_trainable)
     if not is_trainable: model.eval()
-    return Backbone(model, backbone.processor, backbone.family, str(d))
+    mm = load_file(str(d / METHOD_MODULES)) if (d / METHOD_MODULES).exists() else None
+    return Backbone(model, backbone.processor, backbone.family, str(d), mm)
 
 # %% ../nbs/02_models.ipynb #15655bf0
 def _image_token(processor) -> str: return processor.image_token
@@ -323,11 +378,8 @@ def end_of_turn(processor) -> str:
     return "<|im_end|>" if is_qwen(processor_family(processor)) else processor.tokenizer.eos_token
 
 def chat_prompt(processor, prompt: str, has_image: bool = True, system: str | None = None) -> str:
-    "The templated prompt text (one image placeholder, generation prompt added)."
-    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
-    msgs = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + \
-           [{"role": "user", "content": content}]
-    return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    "The prompt text in the processor's `prompt_format` (default: its chat template; one image placeholder, generation prompt added)."
+    return inputs.format_prompt(processor, prompt, has_image, system, image_token=_image_token(processor))
 
 def _response_text(processor, response: str) -> str:
     return (response if is_qwen(processor_family(processor)) else " " + response) + end_of_turn(processor)
@@ -365,6 +417,7 @@ def build_batch(processor, examples: Sequence[dict], padding_side: str = "right"
     if not len(examples): raise ValueError("build_batch: no examples")
     fam, tok = processor_family(processor), processor.tokenizer
     images, index = _dedup_images(examples)
+    images = inputs.preprocess_images(processor, [im() if callable(im) else im for im in images])   # LLaVA: pad to square
     img_inputs = dict(processor.image_processor(images=images, return_tensors="pt")) if images else {}
     img_tok = _image_token(processor)
     prompts, fulls = [], []
@@ -427,6 +480,15 @@ def to_device(x, device):
     return x
 
 # %% ../nbs/02_models.ipynb #06f40677
+def autocast_for(model):
+    "bf16/fp16 autocast when `model` mixes floating dtypes (fp32 trained parts on a half-precision base), else a no-op."
+    import contextlib
+    dts = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    half = [d for d in (torch.bfloat16, torch.float16) if d in dts]
+    if len(dts) < 2 or not half: return contextlib.nullcontext()
+    dev = next(model.parameters()).device.type
+    return torch.autocast(dev, dtype=half[0])
+
 def _grad_if(requires: bool): return torch.set_grad_enabled(torch.is_grad_enabled() and requires)
 
 def _trains(module) -> bool: return any(p.requires_grad for p in module.parameters())
@@ -535,6 +597,9 @@ def forward_features(model, batch: dict, want: Sequence[str] = ("logps",), add_e
     "One pass computing any of `logps` (`SequenceLogps`), `text` [B,H], `prompt` [B,H], `image` [n_images,H], `image_llm` [n_images,H]."
     bad = set(want) - {"logps", "text", "prompt", "image", "image_llm"}
     if bad: raise ValueError(f"unknown feature(s) {sorted(bad)}")
+    with autocast_for(model): return _forward_features(model, batch, want, add_eos)
+
+def _forward_features(model, batch: dict, want, add_eos: bool) -> dict:
     feats = image_features(model, batch)
     out = {}
     if {"logps", "text", "prompt"} & set(want):
@@ -566,8 +631,10 @@ def image_llm_repr(model, batch: dict, add_eos: bool = False) -> torch.Tensor:
 # %% ../nbs/02_models.ipynb #191df5e1
 @torch.no_grad()
 def generate(model, processor, examples: Sequence[dict], max_new_tokens: int = 32, num_beams: int = 1,
-             do_sample: bool = False, batch_size: int = 8, progress: bool = False, **gen_kwargs) -> list[str]:
-    "Batched greedy / beam / sampling generation for chat `examples` (their `response` is ignored)."
+             do_sample: bool = False, batch_size: int = 8, progress: bool = False, **settings) -> list[str]:
+    """Batched greedy / beam / sampling generation for chat `examples` (their `response` is ignored), with exactly the
+    decoding `inputs.decoding_settings(max_new_tokens, num_beams, do_sample, **settings)` (temperature, top_k, top_p, ...)."""
+    gen = inputs.decoding_settings(max_new_tokens, num_beams, do_sample, **settings)
     tok = processor.tokenizer
     gen_eos = getattr(getattr(hf_model(model), "generation_config", None), "eos_token_id", None)
     gen_eos = gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
@@ -586,11 +653,11 @@ def generate(model, processor, examples: Sequence[dict], max_new_tokens: int = 3
         for s in starts:
             chunk = [{**ex, "response": None} for ex in examples[s:s + batch_size]]
             b = expand_images(build_batch(processor, chunk, padding_side="left"))
-            inputs = {k: v.to(dev) for k, v in b.items() if k in keys}
-            if "pixel_values" in inputs: inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
-                                 eos_token_id=eos, pad_token_id=tok.pad_token_id, **gen_kwargs)
-            texts += [t.strip() for t in tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+            x = {k: v.to(dev) for k, v in b.items() if k in keys}
+            if "pixel_values" in x: x["pixel_values"] = x["pixel_values"].to(dtype)
+            with autocast_for(model):
+                out = model.generate(**x, eos_token_id=eos, pad_token_id=tok.pad_token_id, **gen)
+            texts += [t.strip() for t in tok.batch_decode(out[:, x["input_ids"].shape[1]:], skip_special_tokens=True)]
     finally:
         model.train(was_training)
     return texts

@@ -22,9 +22,9 @@ __all__ = ['log', 'FEATURES', 'METHODS', 'METHOD_DATA', 'METHOD_PREPARE', 'CHECK
            'compute_features', 'reference_logps', 'policy_and_reference_logps', 'batch_reference_logps', 'check_kwargs',
            'Method', 'register_method', 'prepare_records', 'get_method', 'group_records', 'GroupCollator',
            'CheckpointError', 'mark_checkpoint_complete', 'checkpoint_problem', 'last_complete_checkpoint', 'set_aside',
-           'check_checkpoint_fits', 'BatchTooLargeError', 'CheckpointingTrainer', 'MethodTrainer',
-           'precompute_reference_logps', 'attach_reference_logps', 'build_trainer', 'train', 'sft_method', 'toy_images',
-           'toy_answer', 'toy_records']
+           'check_checkpoint_fits', 'BatchTooLargeError', 'CheckpointingTrainer', 'fp32_master_weights',
+           'MethodTrainer', 'precompute_reference_logps', 'attach_reference_logps', 'build_trainer', 'train',
+           'sft_method', 'toy_images', 'toy_answer', 'toy_records']
 
 # %% ../nbs/07_train.ipynb #6a7b3dac
 def _has_tensorboard() -> bool:
@@ -40,10 +40,13 @@ def make_training_args(out_dir, **overrides) -> TrainingArguments:
              lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
              logging_steps=10, logging_first_step=True, save_strategy="steps", save_steps=500, save_total_limit=2,
              report_to=["tensorboard"] if _has_tensorboard() else "none",
-             seed=0, data_seed=0, bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda,
+             seed=0, data_seed=0, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=cuda and not torch.cuda.is_bf16_supported(),
+             use_cpu=not cuda,
              dataloader_num_workers=2 if cuda else 0, dataloader_pin_memory=cuda,
              remove_unused_columns=False, disable_tqdm=False, save_only_model=False,
              activation_checkpointing_kwargs={"use_reentrant": False})
+    if "gradient_checkpointing" in overrides and "activation_checkpointing" in TrainingArguments.__dataclass_fields__:
+        overrides["activation_checkpointing"] = overrides.pop("gradient_checkpointing")   # the name transformers 5 wants
     bad = set(overrides) - set(TrainingArguments.__dataclass_fields__)
     if bad: raise ConfigError(f"make_training_args: unknown TrainingArguments field(s) {sorted(bad)}")
     d.update(overrides)
@@ -316,20 +319,27 @@ def _oom_message(args, inputs, err) -> str:
 def _inside_wrapper(wrapper, inner, fn, batch):
     """Run `fn(inner, batch)` as the forward of a distributed wrapper (DDP, DeepSpeed, FSDP), so the
     wrapper's forward logic (gradient-sync bookkeeping, FSDP root unsharding) runs around our features."""
-    inner.forward = lambda b: fn(inner, b)   # an instance attribute shadows the class's forward
+    old = inner.__dict__.get("forward")        # accelerate's own wrapper of forward, when it set one
+    inner.forward = lambda b: fn(inner, b)     # an instance attribute shadows the class's forward
     try: return wrapper(batch)
-    finally: del inner.forward
+    finally:
+        if old is None: del inner.forward
+        else: inner.forward = old
 
 # %% ../nbs/07_train.ipynb #c2f3d32d
 class CheckpointingTrainer(Trainer):
     """A `Trainer` whose checkpoints vouch for themselves: `CHECKPOINT_DONE` is written last, a resume takes only a
     complete checkpoint that fits the model, and a method's own modules (`model.method_modules`) are saved and restored."""
     def _save(self, output_dir=None, state_dict=None):
+        "The Trainer's save; beside a LoRA adapter also the weights trained whole (`models.TRAINED_PARTS`), and the method's modules."
+        from mllm_nle import models
+        from mllm_nle.core import save_safetensors
         super()._save(output_dir, state_dict)
-        mm = getattr(self.accelerator.unwrap_model(self.model), "method_modules", None)
-        if mm is not None:
-            from mllm_nle.core import save_safetensors
-            save_safetensors(Path(output_dir or self.args.output_dir) / "method_modules.safetensors", mm.state_dict())
+        out, inner = Path(output_dir or self.args.output_dir), self.accelerator.unwrap_model(self.model)
+        parts = models.trained_parts_state(inner) if hasattr(inner, "peft_config") else {}
+        if parts: save_safetensors(out / models.TRAINED_PARTS, parts)
+        mm = getattr(inner, "method_modules", None)
+        if mm is not None: save_safetensors(out / models.METHOD_MODULES, mm.state_dict())
 
     def _save_checkpoint(self, model, trial):
         "The Trainer's save, then `CHECKPOINT_DONE` once every rank has written, then the rotation of old checkpoints."
@@ -367,16 +377,28 @@ class CheckpointingTrainer(Trainer):
         return str(ckpt)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_file
+        from mllm_nle import models
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        f = Path(resume_from_checkpoint) / "method_modules.safetensors"
-        mm = getattr(self.accelerator.unwrap_model(model or self.model), "method_modules", None)
-        if mm is not None and f.exists():
-            from safetensors.torch import load_file
-            mm.load_state_dict(load_file(str(f)))
+        ckpt, inner = Path(resume_from_checkpoint), self.accelerator.unwrap_model(model or self.model)
+        if (ckpt / models.TRAINED_PARTS).exists():
+            own = models.trained_parts_state(inner)
+            with torch.no_grad():
+                for k, v in load_file(str(ckpt / models.TRAINED_PARTS)).items(): own[k].copy_(v.to(own[k].dtype))
+        mm = getattr(inner, "method_modules", None)
+        if mm is not None and (ckpt / models.METHOD_MODULES).exists(): mm.load_state_dict(load_file(str(ckpt / models.METHOD_MODULES)))
 
-# %% ../nbs/07_train.ipynb #455bd419
+# %% ../nbs/07_train.ipynb #1674fd12
+def fp32_master_weights(model) -> int:
+    "Upcast every trainable half-precision parameter of `model` to fp32 (in place); return how many were."
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16): p.data = p.data.float(); n += 1
+    return n
+
+# %% ../nbs/07_train.ipynb #788a9ae1
 class MethodTrainer(CheckpointingTrainer):
-    "A `Trainer` whose loss is `method(model, batch)`; logs every metric the method returns."
+    "A `Trainer` whose loss is `method(model, batch)`; logs every metric the method returns. Trainable weights train in fp32."
     def __init__(self, *args, method: Method, **kw):
         self.method = method
         self._stored_metrics = defaultdict(lambda: defaultdict(list))
@@ -384,13 +406,16 @@ class MethodTrainer(CheckpointingTrainer):
         if method.setup is not None and model is not None: method.setup(method, model)
         if method.modules and model is not None and not hasattr(model, "method_modules"):
             model.method_modules = torch.nn.ModuleDict(method.modules)   # trained, saved and restored with the model
+        if model is not None: fp32_master_weights(model)
         super().__init__(*args, **kw)
         self.loss_is_scaled_for_ga = False
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from mllm_nle.models import autocast_for
         inner = self.accelerator.unwrap_model(model)
-        loss, metrics = self.method(model, inputs) if inner is model else _inside_wrapper(model, inner, self.method, inputs)
+        with autocast_for(inner):   # fp32 trained parts on a bf16 base: the Trainer's autocast wraps model.forward, which we bypass
+            loss, metrics = self.method(model, inputs) if inner is model else _inside_wrapper(model, inner, self.method, inputs)
         split = "train" if model.training else "eval"
         for k, v in metrics.items():
             self._stored_metrics[split][k].append(v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)))
@@ -469,7 +494,7 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
     ctx = _adapter_disabled(model) if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     part.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad(), ctx, open(part, "a", encoding="utf-8") as f:
+        with torch.no_grad(), ctx, models.autocast_for(model), open(part, "a", encoding="utf-8") as f:
             if f.tell() == 0: _append_lines(f, [{"header": header}])
             for s in tqdm(todo, desc="reference log-probs"):
                 chunk = records[s:s + batch_size]

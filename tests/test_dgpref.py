@@ -207,7 +207,7 @@ def test_real_data_path_on_tiny_builds(tmp_path):
     assert sum(v["attribute"][k] for k in ("1", "-1")) > 0                                     # BLIP-2 answered (CoLA threshold 0)
     assert rep["pairs"]["real"] > 0 and rep["decomposition"]["no_claim_captions"] == 3     # "Nothing to see.": S = 0, counted
     res = S.run_dgpref(cfg, tmp_path/"run")
-    assert set(res["study"]["summary"]) == {"dgpref_real", "dgpref_official"}
+    assert set(res["study"]["summary"]) == {"baseline", "dgpref_real", "dgpref_official"}   # the start model is always evaluated
     bench = S.load_bench(cfg)
     assert len(bench.objhal) == 3 and set(bench.pope) == set(S.POPE_SPLITS) and not bench.scenes
     ev = S.evaluate(cfg, bench, P.load_base(cfg, P.baseline(cfg)))

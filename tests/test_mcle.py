@@ -50,7 +50,7 @@ def test_mcle_official_demo_files(tmp_path):
                   test_file=str(demo/"test.json"), image_root=str(demo))
     out = _papermill(tmp_path, params)
     m = json.loads((out/"metrics.json").read_text())
-    assert set(m["models"]) == {"sft_continued", "mcle_official"}
+    assert set(m["models"]) == {"baseline", "sft_continued", "mcle_official"}   # the start model (sft_steps 0: the backbone itself)
     assert m["models"]["mcle_official"]["consistency_judge"].endswith("(proxy)")
     assert m["n_train"] == 3
 

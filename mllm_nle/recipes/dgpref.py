@@ -34,6 +34,7 @@ ARM_NAMES = ("sft_continued", "dgpref_oracle", "dgpref_noisy", "dgpref_vqa", "dg
 class DGPrefConfig(RunConfig):
     experiment = "dgpref"
     backbone: str = "tiny:llava:xs"       # the release trained LLaVA-1.5-7B (and Qwen-VL-Chat)
+    lr_scheduler: str = "linear"          # the release: the Trainer's default linear schedule (warmup 100 steps)
     seeds: list[int] = field(default_factory=lambda: [0])   # the result run uses three
     # the synthetic world (ignored parts when real files are given)
     n_sft: int = 600                      # scenes behind the SFT baseline's captions and yes/no questions
@@ -52,6 +53,8 @@ class DGPrefConfig(RunConfig):
     # 1. sampling
     n_samples: int = 8                    # captions per image (the release: 8, one per template)
     temperature: float = 0.7
+    sample_top_k: int | None = 50         # top-k of the caption sampling (the release: transformers' default, 50); null: none
+    sample_top_p: float = 1.0             # nucleus of the caption sampling (the release: none, 1.0)
     shared_prompt: bool = True            # chosen and rejected share one prompt (False: each caption keeps its own, as released)
     caption_max_new_tokens: int = 72
     sample_batch_size: int = 64
@@ -111,6 +114,9 @@ class DGPrefConfig(RunConfig):
         if bad: raise ConfigError(f"{name}: unknown arm(s) {bad}; known: {ARM_NAMES}")
         if any(not 0 <= n <= 1 for n in self.noise_levels): raise ConfigError(f"{name}: noise_levels must lie in [0, 1], got {self.noise_levels}")
         if self.n_samples < 2: raise ConfigError(f"{name}: n_samples must be >= 2 to make pairs, got {self.n_samples}")
+        if self.temperature <= 0: raise ConfigError(f"{name}: temperature must be > 0 (the captions are sampled), got {self.temperature}")
+        if self.sample_top_k is not None and self.sample_top_k < 1: raise ConfigError(f"{name}: sample_top_k must be >= 1, or null for none")
+        if not 0 < self.sample_top_p <= 1: raise ConfigError(f"{name}: sample_top_p must lie in (0, 1], got {self.sample_top_p}")
         if self.min_gap <= 0: raise ConfigError(f"{name}: min_gap must be > 0 (a tie carries no preference), got {self.min_gap}")
         if "dgpref_vqa" in self.arms and not self.vqa_expert: raise ConfigError(f"{name}: arm dgpref_vqa needs vqa_expert: true")
         world_only = [a for a in self.arms if a in ("sft_continued", "dgpref_oracle", "dgpref_noisy", "oracle_edit")]

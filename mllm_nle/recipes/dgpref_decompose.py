@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from ..core import ConfigError, DataFileError, get_logger, read_text, shared_data
+from ..inputs import decoding_settings
 
 log = get_logger("mllm_nle.recipes.dgpref_decompose")
 
@@ -153,8 +154,15 @@ def load_templates(path=None) -> dict[str, str]:
     return {a: read_text(d/f"{a}_temp.txt") for a in DECOMPOSED}
 
 def local_model_dir(path, what: str, download: str) -> Path:
-    "`path` as an existing local folder, else a `FileNotFoundError` saying what to download and where to point."
+    """`path` as an existing local folder (`realshape:<kind>`: a real-shaped stand-in; `tiny:owlvit|blip2|cola`: tiny random experts),
+    else a `FileNotFoundError` saying what to download."""
     if not path: raise ConfigError(f"{what}: no local path given; download {download} and pass its folder")
+    if str(path).startswith("realshape:"):
+        from mllm_nle import realshape
+        return realshape.spec_path(str(path))
+    if str(path) in ("tiny:owlvit", "tiny:blip2", "tiny:cola"):   # tiny random stand-ins of the release's experts
+        from mllm_nle.recipes.dgpref_experts import tiny_expert_dir
+        return tiny_expert_dir(str(path).split(":")[1])
     p = Path(path)
     if not (p.is_dir() and (p/"config.json").exists()):
         raise FileNotFoundError(f"{what}: {p} is not a local model folder (no config.json). Download {download} "
@@ -190,9 +198,9 @@ class LLMDecomposer:
         out = []
         for s in range(0, len(prompts), self.batch_size):
             enc = self.tok(prompts[s:s + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-            with torch.no_grad():
-                g = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                                        pad_token_id=self.tok.pad_token_id)
+            with torch.no_grad():   # every decoding setting named: the checkpoint's generation_config decides none
+                g = self.model.generate(**enc, pad_token_id=self.tok.pad_token_id,
+                                        **decoding_settings(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample))
             out += self.tok.batch_decode(g[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return out
 

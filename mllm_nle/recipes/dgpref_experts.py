@@ -15,9 +15,10 @@ from .dgpref_decompose import IMAGE_CONSTANT, local_model_dir
 log = get_logger("mllm_nle.recipes.dgpref_experts")
 
 # %% auto #0
-__all__ = ['log', 'GENERIC_NOUNS', 'EASYOCR_FILES', 'spatial_holds', 'spatial_verdict', 'scale_verdict', 'Expert', 'NoisyExpert',
-           'world_category', 'world_objects', 'cell_box', 'OracleExpert', 'vqa_question', 'VQAExpert', 'OWLViTExpert',
-           'CoLAFilter', 'BLIP2Expert', 'EasyOCRExpert', 'RealExperts', 'tiny_owlvit', 'tiny_blip2', 'tiny_cola']
+__all__ = ['log', 'GENERIC_NOUNS', 'EASYOCR_FILES', 'TINY_EXPERTS', 'spatial_holds', 'spatial_verdict', 'scale_verdict', 'Expert',
+           'NoisyExpert', 'world_category', 'world_objects', 'cell_box', 'OracleExpert', 'vqa_question', 'VQAExpert',
+           'OWLViTExpert', 'CoLAFilter', 'BLIP2Expert', 'EasyOCRExpert', 'RealExperts', 'tiny_owlvit', 'tiny_blip2',
+           'tiny_cola', 'tiny_expert_dir']
 
 # %% ../../nbs/09b_dgpref_experts.ipynb #11add4df
 def _centre(b): return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
@@ -401,3 +402,14 @@ def tiny_cola(out_dir, seed: int = 0) -> Path:
                            pad_token_id=tok.pad_token_id, num_labels=2)
     DistilBertForSequenceClassification(cfg).save_pretrained(out_dir); tok.save_pretrained(out_dir)
     return Path(out_dir)
+
+TINY_EXPERTS = {"owlvit": tiny_owlvit, "blip2": tiny_blip2, "cola": tiny_cola}
+
+def tiny_expert_dir(kind: str, seed: int = 0) -> Path:
+    "The cached tiny random build of expert `kind` (the spec `tiny:owlvit`, `tiny:blip2`, `tiny:cola`): a stand-in folder for the twins."
+    import transformers
+    from mllm_nle.experiment import cached_dir, config_key
+    from mllm_nle.models import tiny_cache_dir
+    if kind not in TINY_EXPERTS: raise ValueError(f"tiny expert {kind!r}: choose from {sorted(TINY_EXPERTS)}")
+    d = tiny_cache_dir()/"experts"/f"{kind}-{seed}-{config_key(v=1, tf=transformers.__version__)}"
+    return cached_dir(d, lambda tmp: (TINY_EXPERTS[kind](tmp, seed), {"kind": kind, "seed": seed})[1])

@@ -19,11 +19,12 @@ log = get_logger("mllm_nle.recipes.dgpref_pipeline")
 
 # %% auto #0
 __all__ = ['log', 'CAPTION_PROMPTS', 'IMAGE_SUFFIXES', 'JsonlStore', 'world_sets', 'vqa_records', 'sft_records', 'folder_items',
-           'pool_items', 'caption_prompts', 'sample_captions', 'decompose_stage', 'merge_programs', 'verify_stage',
-           'same_length', 'equal_length', 'caption_truth', 'pair_stage', 'pair_quality', 'decomposition_recall',
-           'image_file', 'preference_records', 'oracle_edit_records', 'reference_stage', 'baseline', 'load_base',
-           'make_decomposer', 'make_experts', 'decomposition_counts', 'verdict_counts', 'records_quality',
-           'exact_pair_records', 'exact_pair_stage', 'exact_pairs_quality', 'pipeline_dir', 'run_data', 'throughput']
+           'pool_items', 'caption_prompts', 'sampling', 'sample_captions', 'decompose_stage', 'merge_programs',
+           'verify_stage', 'same_length', 'equal_length', 'caption_truth', 'pair_stage', 'pair_quality',
+           'decomposition_recall', 'image_file', 'preference_records', 'oracle_edit_records', 'reference_stage',
+           'baseline', 'load_base', 'make_decomposer', 'make_experts', 'decomposition_counts', 'verdict_counts',
+           'records_quality', 'exact_pair_records', 'exact_pair_stage', 'exact_pairs_quality', 'pipeline_dir',
+           'run_data', 'throughput']
 
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #0e0421b3
 class JsonlStore:
@@ -164,6 +165,12 @@ def caption_prompts(cfg: DGPrefConfig, image_id: str) -> list[str]:
     if cfg.shared_prompt: return [CAPTION_PROMPTS[stable_seed("dgpref-prompt", cfg.data_seed, image_id) % len(CAPTION_PROMPTS)]] * cfg.n_samples
     return [CAPTION_PROMPTS[k % len(CAPTION_PROMPTS)] for k in range(cfg.n_samples)]
 
+def sampling(cfg: DGPrefConfig) -> dict:
+    "The caption sampling's decoding settings, every one (the checkpoint's `generation_config` decides none)."
+    from mllm_nle.inputs import decoding_settings
+    return decoding_settings(max_new_tokens=cfg.caption_max_new_tokens, do_sample=True, temperature=cfg.temperature,
+                             top_k=cfg.sample_top_k, top_p=cfg.sample_top_p)
+
 def sample_captions(cfg: DGPrefConfig, policy, items: list[dict], store: JsonlStore, progress: bool = True) -> dict:
     "Sample `n_samples` captions per pending image into `store`; returns `{done_before, sampled, seconds}`."
     from tqdm.auto import tqdm
@@ -176,9 +183,9 @@ def sample_captions(cfg: DGPrefConfig, policy, items: list[dict], store: JsonlSt
     for chunk in tqdm(chunks, desc="sample captions", disable=not progress):
         torch.manual_seed(stable_seed("dgpref-sample", cfg.data_seed, chunk[0]["id"]))
         prompts = {it["id"]: caption_prompts(cfg, it["id"]) for it in chunk}
-        ex = [dict(image=open_image(it), image_key=it["id"], prompt=p) for it in chunk for p in prompts[it["id"]]]
-        caps = models.generate(policy.model, policy.processor, ex, max_new_tokens=cfg.caption_max_new_tokens, do_sample=True,
-                               temperature=cfg.temperature, batch_size=cfg.sample_batch_size)
+        imgs = {it["id"]: open_image(it) for it in chunk}
+        ex = [dict(image=imgs[it["id"]], image_key=it["id"], prompt=p) for it in chunk for p in prompts[it["id"]]]
+        caps = models.generate(policy.model, policy.processor, ex, batch_size=cfg.sample_batch_size, **sampling(cfg))
         k = cfg.n_samples
         store.append([dict(id=it["id"], image=it["image"], scene_id=it.get("scene_id"), prompts=prompts[it["id"]],
                            captions=caps[j * k:(j + 1) * k]) for j, it in enumerate(chunk)])
@@ -353,9 +360,9 @@ def baseline(cfg: DGPrefConfig, sets: dict | None = None) -> Path:
     return train_baseline(cfg, sft_records(cfg, sets) if cfg.sft_steps > 0 and not cfg.pool_images else [], key)
 
 def load_base(cfg: DGPrefConfig, base: Path):
-    "The baseline backbone (the policy before DPO, and its frozen reference)."
-    from mllm_nle import models
-    return models.resolve_backbone(str(base) if cfg.sft_steps > 0 else cfg.backbone, cfg.device)
+    "The baseline backbone (the policy before DPO, and its frozen reference), with the config's input settings."
+    from mllm_nle.experiment import load_model
+    return load_model(cfg, base if cfg.sft_steps > 0 else cfg.backbone)
 
 def make_decomposer(cfg: DGPrefConfig):
     "The configured decomposer: rule-based for the world, or the in-context LLM from `decomposer_model`."
@@ -447,7 +454,7 @@ def run_data(cfg: DGPrefConfig, out, progress: bool = True) -> dict:
     by_id, scenes = {it["id"]: it for it in items}, {it["id"]: it["scene"] for it in items if it["scene"] is not None}
     base_dir = baseline(cfg, sets)
     policy = load_base(cfg, base_dir)
-    rep = dict(baseline=str(base_dir), images=len(items), steps={})
+    rep = dict(baseline=str(base_dir), images=len(items), steps={}, decoding=dict(sample=sampling(cfg)))
     captions = JsonlStore(d/"captions.jsonl")
     rep["steps"]["sample"] = sample_captions(cfg, policy, items, captions, progress)
     claims = JsonlStore(d/"claims.jsonl")

@@ -20,9 +20,9 @@ from .dgpref_pipeline import baseline, caption_truth, load_base, pipeline_dir, s
 log = get_logger("mllm_nle.recipes.dgpref_study")
 
 # %% auto #0
-__all__ = ['log', 'POPE_SPLITS', 'SUMMARY_KEYS', 'RESULT_KEYS', 'CURVE_KEYS', 'PUBLISHED_LOG', 'Bench', 'load_bench', 'evaluate',
-           'evaluator', 'load_arm_records', 'dpo_maker', 'dgpref_arms', 'run_dgpref', 'arms_table', 'first_step_losses',
-           'training_curves', 'pair_quality_bars', 'arm_bars', 'published_replay']
+__all__ = ['log', 'POPE_SPLITS', 'SUMMARY_KEYS', 'RESULT_KEYS', 'CURVE_KEYS', 'PUBLISHED_LOG', 'Bench', 'load_bench', 'decoding',
+           'evaluate', 'evaluator', 'load_arm_records', 'dpo_maker', 'dgpref_arms', 'run_dgpref', 'arms_table',
+           'pair_sources', 'first_step_losses', 'training_curves', 'pair_quality_bars', 'arm_bars', 'published_replay']
 
 # %% ../../nbs/09d_dgpref_study.ipynb #47314d4c
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -73,11 +73,18 @@ SUMMARY_KEYS = ("CHAIR_s", "CHAIR_i", "claim_hallucination", "claims_per_caption
                 "pope_yes_ratio", "amber_CHAIR", "amber_Cover", "amber_Hal", "amber_Cog", "amber_disc_f1", "amber_disc_accuracy")
 RESULT_KEYS = ("CHAIR_i", "pope_f1", "claim_hallucination", "claims_per_caption")   # the arms table (claims/caption: a caption can avoid false claims by making none)
 
+def decoding(cfg: DGPrefConfig) -> dict:
+    "The evaluation's decoding settings, every one (greedy, as the release evaluates): captions, then yes/no answers."
+    from mllm_nle.inputs import decoding_settings
+    return dict(captions=decoding_settings(max_new_tokens=cfg.caption_max_new_tokens), yes_no=decoding_settings(max_new_tokens=cfg.pope_max_new_tokens))
+
 def _generate(cfg, backbone, recs, max_new_tokens) -> list[str]:
     from mllm_nle import models
     from mllm_nle.data import open_image
-    ex = [dict(image=open_image(r), image_key=r["image"], prompt=r["prompt"]) for r in recs]
-    return models.generate(backbone.model, backbone.processor, ex, max_new_tokens=max_new_tokens, batch_size=cfg.eval_batch_size) if ex else []
+    from mllm_nle.inputs import decoding_settings
+    ex = [dict(image=partial(open_image, r), image_key=r.get("image") or r["id"], prompt=r["prompt"]) for r in recs]   # opened per batch
+    return models.generate(backbone.model, backbone.processor, ex, batch_size=cfg.eval_batch_size,
+                           **decoding_settings(max_new_tokens=max_new_tokens)) if ex else []
 
 def evaluate(cfg: DGPrefConfig, bench: Bench, backbone) -> dict:
     "Every benchmark score of `backbone`: `{summary, rows (one per ObjHal caption), breakdown, pope, amber}`."
@@ -160,14 +167,17 @@ def dgpref_arms(cfg: DGPrefConfig, out, sets: dict | None = None) -> tuple[list[
 
 # %% ../../nbs/09d_dgpref_study.ipynb #1268ee7e
 def run_dgpref(cfg: DGPrefConfig, out) -> dict:
-    "Baseline + every arm at every seed of `cfg.seeds`, evaluated; writes `study.json` and `arms.json` under `out`."
+    """The start model (`START_ROW`), then every arm with pairs at every seed of `cfg.seeds`, evaluated; writes `study.json` and
+    `arms.json` under `out`. A pool that gave no pairs trains nothing, says so, and still evaluates the start model."""
     out = Path(out)
-    sets = world_sets(cfg); base = baseline(cfg, sets)
+    sets = None if cfg.pool_images else world_sets(cfg)
+    base = baseline(cfg, sets)
     arms, skipped = dgpref_arms(cfg, out, sets)
-    if not arms: raise ValueError(f"run_dgpref: no arm has training records ({skipped}); see data_report.json")
+    if not arms: log.warning(f"run_dgpref: no arm has training records ({skipped}): only the start model is evaluated; see data_report.json")
     bench = load_bench(cfg, sets)
     save_json(out/"arms.json", dict(arms={a.name: len(a.records) for a in arms}, skipped=skipped, seeds=cfg.seeds, steps=cfg.steps))
-    study = run_study(cfg, out, base, arms, evaluator(cfg, bench), seeds=cfg.seeds)
+    meta = dict(decoding=decoding(cfg), lr_scheduler=cfg.lr_scheduler, skipped=skipped)
+    study = run_study(cfg, out, base, arms, evaluator(cfg, bench), seeds=cfg.seeds, meta=meta)
     return dict(study=study, skipped=skipped, base=str(base), n_records={a.name: len(a.records) for a in arms})
 
 def arms_table(summary: dict, keys=RESULT_KEYS) -> str:
@@ -195,14 +205,23 @@ def _one_step_loss(cfg, base_dir, recs, method, perturb: float = 0.0, collator=N
         tr = train(method, bb, recs, args, collator=collator)
     return tr.state.log_history[0]["loss"]
 
+def pair_sources(cfg: DGPrefConfig, out) -> list[str]:
+    "The experts (and the control) whose preference file in the data run holds pairs, the oracle's first."
+    names = ["oracle", "oracle_edit", *[e for e in cfg.expert_names if e != "oracle"]]
+    return [s for s in dict.fromkeys(names) if (pipeline_dir(cfg, out)/f"preferences_{s}.json").exists()
+            and load_json(pipeline_dir(cfg, out)/f"preferences_{s}.json")]
+
 def first_step_losses(cfg: DGPrefConfig, out, source: str | None = None, n: int = 16, perturb: float = 0.02) -> dict:
-    "The first-step checks above on `n` pairs of `source` (default: the oracle's, else the control's); every measured and predicted loss."
+    """The first-step checks above on `n` pairs of `source` (default: the oracle's, else the control's, else any expert's);
+    every measured and predicted loss. With no pairs anywhere: `{"skipped": why}`."""
     from mllm_nle.train import attach_reference_logps, get_method
-    base_dir = baseline(cfg, world_sets(cfg))
-    for src in ([source] if source else ["oracle", "oracle_edit"]):
-        recs = load_arm_records(replace(cfg, reference="none"), out, src)[:n]
-        if recs: source = src; break
-    if not recs: raise ValueError(f"first_step_losses: the {source} expert has no pairs")
+    srcs = [source] if source else pair_sources(cfg, out)
+    if not srcs or (source and source not in pair_sources(cfg, out)):
+        why = f"no pairs from {source or 'any expert'} in {pipeline_dir(cfg, out)}"
+        log.warning(f"first_step_losses skipped: {why}"); return {"skipped": why}
+    source = srcs[0]
+    recs = load_arm_records(replace(cfg, reference="none"), out, source)[:n]
+    base_dir = baseline(cfg, None if cfg.pool_images else world_sets(cfg))
     ref = pipeline_dir(cfg, out)/"reference_logps.json"
     cached = attach_reference_logps(recs, ref)
     dpo = lambda **kw: get_method("dpo", beta=cfg.beta, **kw)
@@ -244,14 +263,19 @@ def training_curves(out, study: dict, seed=None, path=None):
             if pts and (k == "loss" or name != "sft_continued"):
                 ax.plot(*zip(*pts), marker=".", label=name, color=colour[name])
     for ax, k in zip(axes, CURVE_KEYS): ax.set_title(k); ax.set_xlabel("step"); ax.grid(alpha=0.3)
-    axes[0].axhline(math.log(2), color="gray", ls=":", lw=1); axes[0].legend(fontsize=7)
+    axes[0].axhline(math.log(2), color="gray", ls=":", lw=1)
+    if axes[0].get_legend_handles_labels()[0]: axes[0].legend(fontsize=7)   # no DPO arm trained: nothing to label
     fig.suptitle(f"training curves (seed {seed})"); fig.tight_layout(); plots.save_figure(fig, path)
     return fig
 
 def pair_quality_bars(report: dict, path=None):
-    "Per expert: the share of pairs whose chosen caption holds fewer / as many / more false sentences."
+    """Per expert: the share of pairs whose chosen caption holds fewer / as many / more false sentences (exact, so on the
+    synthetic world only: on real data, or with no pairs, it says so and draws nothing)."""
     from mllm_nle import plots
     q = {r["expert"]: {k: r[k] for k in ("fewer_false", "same", "more_false")} for r in report["quality"] if r["n_pairs"]}
+    if not q:
+        print("pair quality: no pair has exact truth (real images have no scene graph), or no expert made pairs; nothing to draw")
+        return None
     return plots.plot_metric_bars(q, metrics=["fewer_false", "same", "more_false"], ylabel="fraction of pairs",
                                   title="pair quality: is the chosen caption really better?", path=path)
 

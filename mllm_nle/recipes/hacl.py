@@ -36,6 +36,7 @@ class HACLConfig(RunConfig):
     experiment = "hacl"
     backbone: str = "tiny:llava:xs"
     seeds: list[int] = field(default_factory=lambda: [0])   # the demo: one seed (params/hacl_seeds3.yaml: three)
+    lr_scheduler: str = "cosine"       # the release (LLaVA's training scripts): cosine
     sft_steps: int = 300
     steps: int = 100
     # data: files, or the synthetic world when train_file is None
@@ -283,23 +284,24 @@ def hacl_features(model, batch: dict, lm: bool = True, contrastive: bool = True,
                   add_eos: bool = False) -> dict:
     "`logps` (LM rows), `image` (distinct images), `captions` and `hallucinated` (text states) for one HACL batch."
     from mllm_nle import models
-    b, out = batch["lm"], {}
-    if image_repr == "in_context":
-        feats = models.image_features(model, b)
-        embeds, am, pos = models.llm_inputs(model, b, feats)
-        hidden = models.llm_hidden(model, embeds, am, pos)
-        if lm: out["logps"] = models.response_logps(model, hidden, b["labels"])
-        if contrastive and feats: out["image"] = in_context_image_states(model, hidden, b)
-    else:
-        want = (("logps",) if lm else ()) + (("image_llm",) if contrastive else ())
-        f = models.forward_features(model, b, want, add_eos=add_eos) if want else {}
-        out["logps"], out["image"] = f.get("logps"), f.get("image_llm")
-    C = len(batch["captions"]["input_ids"])
-    if contrastive and C:
-        txt = merge_text_batches(batch["captions"], batch["hallucinated"]) if len(batch["hallucinated"]["input_ids"]) else batch["captions"]
-        s = models.forward_features(model, txt, ("text",))["text"]
-        out["captions"], out["hallucinated"] = s[:C], (s[C:] if len(s) > C else None)
-    return out
+    with models.autocast_for(model):   # fp32 trained parts on a bf16 base
+        b, out = batch["lm"], {}
+        if image_repr == "in_context":
+            feats = models.image_features(model, b)
+            embeds, am, pos = models.llm_inputs(model, b, feats)
+            hidden = models.llm_hidden(model, embeds, am, pos)
+            if lm: out["logps"] = models.response_logps(model, hidden, b["labels"])
+            if contrastive and feats: out["image"] = in_context_image_states(model, hidden, b)
+        else:
+            want = (("logps",) if lm else ()) + (("image_llm",) if contrastive else ())
+            f = models.forward_features(model, b, want, add_eos=add_eos) if want else {}
+            out["logps"], out["image"] = f.get("logps"), f.get("image_llm")
+        C = len(batch["captions"]["input_ids"])
+        if contrastive and C:
+            txt = merge_text_batches(batch["captions"], batch["hallucinated"]) if len(batch["hallucinated"]["input_ids"]) else batch["captions"]
+            s = models.forward_features(model, txt, ("text",))["text"]
+            out["captions"], out["hallucinated"] = s[:C], (s[C:] if len(s) > C else None)
+        return out
 
 # %% ../../nbs/10_hacl.ipynb #f8b32406
 def llm_hidden_size(model) -> int:

@@ -6,13 +6,15 @@
 from __future__ import annotations
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core import get_logger, load_json, save_json, save_jsonl
-from ..experiment import Arm, markdown_table, study_row, study_summary, study_table, train_arm, train_baseline
+from ..experiment import (START_ROW, Arm, image_token_preflight, load_model, markdown_table, processor_of, start_model,
+                                 study_row, study_summary, study_table, train_arm, train_baseline)
 from .hacl import HACLCollator, HACLConfig, ITAHead, hacl_features, llm_hidden_size, load_head_state, with_probe
 from .hacl_data import HACLData, load_hacl_data
 from ..train import get_method
@@ -21,9 +23,9 @@ log = get_logger("mllm_nle.recipes.hacl_eval")
 
 # %% auto #0
 __all__ = ['log', 'SUMMARY_KEYS', 'LOWER_IS_BETTER', 'TABLE_KEYS', 'PAIRED_KEYS', 'model_head', 'retrieval_scores',
-           'retrieval_probe', 'caption_scores', 'pope_eval', 'amber_eval', 'evaluate_hacl', 'evaluator', 'pope_items',
-           'stage_bases', 'hacl_arms', 'run_hacl', 'hacl_table', 'hacl_paired', 'negatives_table', 'retrieval_figure',
-           'hacl_figures']
+           'retrieval_probe', 'decoding', 'caption_scores', 'pope_eval', 'amber_eval', 'evaluate_hacl', 'evaluator',
+           'pope_items', 'stage_bases', 'hacl_arms', 'run_hacl', 'hacl_table', 'hacl_paired', 'negatives_table',
+           'retrieval_figure', 'hacl_figures']
 
 # %% ../../nbs/10b_hacl_eval.ipynb #8983aaf4
 def model_head(model, path=None) -> ITAHead | None:
@@ -76,8 +78,15 @@ def retrieval_probe(cfg: HACLConfig, data: HACLData, processor):
 def _generate(cfg, backbone, records, max_new_tokens) -> list[str]:
     from mllm_nle import models
     from mllm_nle.data import open_image
-    exs = [dict(image=open_image(r, cfg.max_image_pixels), image_key=r.get("image") or r["id"], prompt=r["prompt"]) for r in records]
-    return models.generate(backbone.model, backbone.processor, exs, max_new_tokens=max_new_tokens, batch_size=cfg.eval_batch_size)
+    from mllm_nle.inputs import decoding_settings
+    exs = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r.get("image") or r["id"], prompt=r["prompt"]) for r in records]
+    return models.generate(backbone.model, backbone.processor, exs, batch_size=cfg.eval_batch_size,
+                           **decoding_settings(max_new_tokens=max_new_tokens))
+
+def decoding(cfg) -> dict:
+    "The evaluation's decoding settings, every one (greedy): captions, then POPE's and AMBER's yes/no answers."
+    from mllm_nle.inputs import decoding_settings
+    return dict(captions=decoding_settings(max_new_tokens=cfg.max_new_tokens), yes_no=decoding_settings(max_new_tokens=8))
 
 def caption_scores(cfg, data: HACLData, backbone) -> dict:
     "Captions for the ObjHal-style prompts: CHAIR, and on the world the exact per-claim hallucination rate."
@@ -193,26 +202,21 @@ def hacl_arms(cfg: HACLConfig, data: HACLData, bases: dict, processor=None) -> l
             Arm("hacl", lambda: probed(**cfg.method_kw(), head_init=head), data.train)]
 
 # %% ../../nbs/10b_hacl_eval.ipynb #01568579
-def _processor(spec: str, device=None):
-    "The processor of a backbone spec (a tiny build, or a folder / hub id without loading its weights)."
-    from mllm_nle import models
-    if spec.startswith("tiny:"): return models.resolve_backbone(spec, device).processor
-    from transformers import AutoProcessor
-    return AutoProcessor.from_pretrained(spec)
-
 def run_hacl(cfg: HACLConfig, out, data: HACLData | None = None, seeds=None) -> dict:
-    "Baseline (before), then *sft* and *hacl* at every seed; writes `study.json`, `metrics.json`, `log_history.json` as it goes."
-    from mllm_nle import models
+    """The start model (`START_ROW`, before), then *sft* and *hacl* at every seed; writes `study.json`, `metrics.json`,
+    `log_history.json` as it goes (and `preflight.json`, the image tokens per record, before any training)."""
     out, data = Path(out), data or load_hacl_data(cfg)
     seeds = list(seeds if seeds is not None else cfg.seeds)
+    processor = processor_of(cfg)
+    preflight = image_token_preflight(cfg, data.train, processor, out)
     bases = stage_bases(cfg, data)
-    processor = _processor(str(bases["baseline"]), cfg.device)
     arms, evaluate = hacl_arms(cfg, data, bases, processor), evaluator(cfg, data)
     per_seed, items, results, logs = {}, {}, {}, {}
     meta = dict(experiment="hacl", run_name=cfg.run_name, backbone=cfg.backbone, data=data.source, n_train=len(data.train),
                 n_contrastive=sum(bool(r.get("hallucinated")) for r in data.train), n_probe=len(data.probe), steps=cfg.steps,
                 stages=cfg.stages, seeds=seeds, negatives=data.negatives, generator=data.reports.get("generator"),
-                dropped=data.reports["dropped"], bases={k: str(v) for k, v in bases.items()})
+                dropped=data.reports["dropped"], bases={k: str(v) for k, v in bases.items()}, decoding=decoding(cfg),
+                lr_scheduler=cfg.lr_scheduler, start_model=start_model(cfg, bases["baseline"]), preflight=preflight)
     def keep(name, seed, ev, folder, log_history=None):
         per_seed.setdefault(name, {})[seed] = study_row(ev)
         save_jsonl(out/folder/"generations.jsonl", ev["rows"]); save_jsonl(out/folder/"retrieval.jsonl", ev["retrieval_rows"])
@@ -220,10 +224,10 @@ def run_hacl(cfg: HACLConfig, out, data: HACLData | None = None, seeds=None) -> 
         results.setdefault(name, {})[str(seed)] = {k: v for k, v in ev.items() if k not in ("rows", "retrieval_rows")}
         if log_history is not None: logs.setdefault(name, {})[str(seed)] = log_history
         summary = study_summary(per_seed)
-        save_json(out/"study.json", dict(summary=summary, items=items, seeds=seeds))
+        save_json(out/"study.json", dict(summary=summary, items=items, seeds=seeds, meta=meta))
         save_json(out/"metrics.json", {**meta, "summary": summary, "models": results})
         save_json(out/"log_history.json", logs)
-    keep("baseline", "-", evaluate(models.resolve_backbone(str(bases["baseline"]), cfg.device)), "baseline")
+    keep(START_ROW, "-", evaluate(load_model(cfg, bases["baseline"])), START_ROW)
     for seed in seeds:
         for arm in arms:
             r = train_arm(replace(cfg, backbone=str(bases[arm.name])), bases[arm.name], arm, out/f"seed{seed}"/arm.name, seed=seed)

@@ -4,7 +4,8 @@
 
 # %% ../../nbs/08_mcle.ipynb #11bc1826
 from __future__ import annotations
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,9 +23,10 @@ log = get_logger("mllm_nle.recipes.mcle")
 
 # %% auto #0
 __all__ = ['log', 'ARM_SPECS', 'SUMMARY_KEYS', 'STUDY_KEYS', 'PAIRED_KEYS', 'MCLEConfig', 'MCLECollator', 'mcle_method',
-           'MCLEData', 'synthetic_vqax', 'load_mcle_data', 'level_counts', 'arm_name', 'mcle_arms',
-           'generate_explanations', 'accuracy_by_type', 'score_explanations', 'evaluator', 'metrics_meta', 'baseline',
-           'run_mcle', 'mcle_table', 'mcle_figures', 'run_mcle_study', 'unpaired_negatives', 'toy_records']
+           'MCLEData', 'synthetic_vqax', 'load_mcle_data', 'level_notes', 'level_counts', 'arm_name', 'mcle_arms',
+           'epoch_steps', 'generate_explanations', 'decoding', 'accuracy_by_type', 'score_explanations', 'evaluator',
+           'metrics_meta', 'baseline', 'run_mcle', 'mcle_table', 'mcle_figures', 'run_mcle_study', 'unpaired_negatives',
+           'toy_records']
 
 # %% ../../nbs/08_mcle.ipynb #82bdf6c0
 ARM_SPECS = (*MCLE_VARIANTS, "multilevel+features")
@@ -36,6 +38,7 @@ class MCLEConfig(RunConfig):
     # baseline that keeps the pre-trained vision tower fixed, at a gentler learning rate (outputs/seeing/results/ablation:
     # SFT of the whole model erodes what the tower learnt to see; 0.59-0.62 accuracy against 0.70-0.71 frozen)
     backbone: str = "tiny:qwen2_5_vl:seeing"
+    lr_scheduler: str = "linear"       # the release: the Trainer's default linear schedule
     sft_lr: float = 1e-3
     sft_freeze_vision: bool = True
     # data: files, or the synthetic world when train_file is None
@@ -118,6 +121,7 @@ class MCLEData:
     source: str
     reports: dict
     train_key: str = ""            # what the training records depend on; keys the cached SFT baseline
+    notes: list = field(default_factory=list)   # warnings about the data, written into the run's results
 
 def synthetic_vqax(cfg: MCLEConfig) -> Path:
     "Write (once, cached) the synthetic VQA-X-like files for `cfg`'s data settings; return their folder."
@@ -146,7 +150,17 @@ def load_mcle_data(cfg: MCLEConfig) -> MCLEData:
     train, rtrain = data.load_mcle_train(train_file, image_root=root, **lim)
     test, rtest = data.load_vqax_test(test_file, image_root=root, **lim)
     if cfg.max_test: test = test[:cfg.max_test]
-    return MCLEData(train, test, scenes, source, {"train": rtrain, "test": rtest}, train_key)
+    return MCLEData(train, test, scenes, source, {"train": rtrain, "test": rtest}, train_key, level_notes(cfg, train, source))
+
+def level_notes(cfg: MCLEConfig, train: list, source: str) -> list[str]:
+    "A loud warning (logged, and returned for the results) when multilevel MCLE meets a file whose negatives carry no `level`."
+    multi = [v for v in [cfg.variant, *cfg.compare_variants] if v.startswith("multilevel")]
+    if not multi or not train or set(level_counts(train)) - {"positive", "negative"}: return []
+    msg = (f"{source}: no record has a `level` field (or every negative says 'negative'), so {multi} see one generic negative "
+           "level: the semantic, image and instance terms are 0 and their accuracies NaN. This is the released VQA-X format; "
+           "give negatives a level (semantic | image | instance) to train the multilevel objective")
+    log.warning("!" * 8 + " " + msg)
+    return [msg]
 
 def level_counts(records) -> dict:
     "How many records of each level (positive, semantic, image, instance, negative)."
@@ -170,7 +184,15 @@ def mcle_arms(cfg: MCLEConfig, data: MCLEData) -> list[Arm]:
                        **cfg.loss_kwargs)
         make()   # fail now, not after the baseline, on a bad option
         arms.append(Arm(arm_name(spec), make, data.train, batch_size=max(1, round(cfg.batch_size / group_size))))
+    if cfg.steps == 0:   # epochs: every arm gets the MCLE arm's number of optimiser steps
+        n = epoch_steps(len({r["group"] for r in data.train}), arms[1].batch_size, cfg.grad_accum, cfg.epochs)
+        arms = [replace(a, steps=n) for a in arms]
     return arms
+
+def epoch_steps(n_items: int, batch_size: int, grad_accum: int, epochs: float) -> int:
+    "Optimiser steps the Trainer takes for `epochs` over `n_items` (batches, then accumulation, rounded as it does)."
+    per_epoch = max(1, math.ceil(math.ceil(n_items / batch_size) / grad_accum))
+    return max(1, math.ceil(per_epoch * epochs))
 
 # %% ../../nbs/08_mcle.ipynb #3d75d3ac
 SUMMARY_KEYS = ("accuracy", "consistency", "consistency_judged", "explanation_truth", "unparseable", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr")
@@ -179,9 +201,14 @@ def generate_explanations(cfg: MCLEConfig, backbone, data: MCLEData) -> list[str
     "Greedy outputs of `backbone` for every test item."
     from mllm_nle import models
     from mllm_nle.data import open_image
-    examples = [dict(image=open_image(r, cfg.max_image_pixels), image_key=r["image"], prompt=r["prompt"]) for r in data.test]
-    return models.generate(backbone.model, backbone.processor, examples, max_new_tokens=cfg.max_new_tokens,
-                           batch_size=cfg.eval_batch_size, progress=True)
+    examples = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r["image"], prompt=r["prompt"]) for r in data.test]
+    return models.generate(backbone.model, backbone.processor, examples, batch_size=cfg.eval_batch_size, progress=True,
+                           **decoding(cfg))
+
+def decoding(cfg: MCLEConfig) -> dict:
+    "The evaluation's decoding settings, every one (greedy; recorded in `metrics.json`)."
+    from mllm_nle.inputs import decoding_settings
+    return decoding_settings(max_new_tokens=cfg.max_new_tokens)
 
 def accuracy_by_type(questions, correct) -> dict:
     "Synthetic world: answer accuracy per question type. Types that need the image (color, category, exist) show whether a model sees."
@@ -229,7 +256,9 @@ def evaluator(cfg: MCLEConfig, data: MCLEData):
 def metrics_meta(cfg: MCLEConfig, data: MCLEData) -> dict:
     "What `metrics.json` says about the run besides the models' results."
     return dict(experiment="mcle", run_name=cfg.run_name, seed=cfg.seed, variant=cfg.variant, data=data.source,
-                n_train=len(data.train), train_levels=level_counts(data.train), n_test=len(data.test), steps=cfg.steps)
+                n_train=len(data.train), train_levels=level_counts(data.train), n_test=len(data.test), steps=cfg.steps,
+                arm_steps={a.name: a.steps for a in mcle_arms(cfg, data)} if cfg.steps == 0 else None,
+                decoding=decoding(cfg), lr_scheduler=cfg.lr_scheduler, notes=data.notes)
 
 def baseline(cfg: MCLEConfig, data: MCLEData) -> Path:
     "The cached SFT baseline on the positives."
@@ -294,7 +323,7 @@ def run_mcle_study(cfg: MCLEConfig, out: Path) -> dict:
     "Every arm of `cfg` at every seed of `cfg.seeds` from one shared baseline; returns `study.json`."
     data = load_mcle_data(cfg)
     arms = mcle_arms(cfg, data)
-    return run_study(cfg, Path(out), baseline(cfg, data), arms, evaluator(cfg, data))
+    return run_study(cfg, Path(out), baseline(cfg, data), arms, evaluator(cfg, data), meta=metrics_meta(cfg, data))
 
 def unpaired_negatives(out: Path, study: dict) -> dict:
     "Per MCLE arm, the largest `mcle/unpaired` any logging step saw over all seeds (0: every negative met its positive)."

@@ -40,6 +40,7 @@ RELEASE_WEIGHTS = [f[2] for f in MCM_FACETS]   # 1.0, 0.5, 0.5, 0.2 x 4 (mcmdpo.
 class MCMDPOConfig(RunConfig):
     experiment = "mcmdpo"
     backbone: str = "tiny:llava:xs"    # the release is LLaVA
+    lr_scheduler: str = "cosine"       # the release (mcmdpo.sh): cosine, warmup 0.03
     # data: the synthetic world when train_file is None
     train_file: str | None = None
     test_file: str | None = None

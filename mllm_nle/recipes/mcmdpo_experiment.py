@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core import get_logger, load_json
-from ..experiment import (Arm, cache_root, cached_dir, config_key, markdown_table, model_id, repo_path, run_arms, run_study,
+from ..experiment import (Arm, cache_root, cached_dir, collator_options, config_key, load_model, markdown_table, model_id, repo_path,
+                                 run_arms, run_study,
                                  summary_table, train_baseline)
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from .mcmdpo import PARADIGMS, MCMDPOCollator, MCMDPOConfig, assign_negatives, load_swift_pairs, trainable_setup
@@ -24,7 +25,7 @@ log = get_logger("mllm_nle.recipes.mcmdpo_experiment")
 __all__ = ['log', 'ALTTEXT_KEYS', 'FAITH_KEYS', 'HEADLINE_KEYS', 'TABLE_KEYS', 'AltTextData', 'synthetic_alttext',
            'load_alttext_data', 'sft_records', 'baseline', 'arm_name', 'arm_method', 'reference_collator',
            'with_reference', 'mcmdpo_arms', 'context_subject', 'alttext_faithfulness', 'decoding_name',
-           'score_decoding', 'evaluator', 'metrics_meta', 'run_mcmdpo', 'mcmdpo_table', 'margins_figure',
+           'score_decoding', 'decoding', 'evaluator', 'metrics_meta', 'run_mcmdpo', 'mcmdpo_table', 'margins_figure',
            'mcmdpo_figures', 'run_mcmdpo_study', 'study_tables', 'ablation_table', 'paradigm_table']
 
 # %% ../../nbs/11a_mcmdpo_experiment.ipynb #b3561585
@@ -105,7 +106,7 @@ def arm_method(cfg: MCMDPOConfig, spec: str, paradigm: str | None = None):
 def reference_collator(cfg: MCMDPOConfig, processor) -> MCMDPOCollator:
     "The eight-row collator the stored reference is computed with (training's negative settings)."
     return MCMDPOCollator(processor, seed=cfg.data_seed, image_negative=cfg.image_negative, noise_step=cfg.noise_step,
-                          noise_space=cfg.noise_space, conditions=MCM_CONDITIONS, max_image_pixels=cfg.max_image_pixels)
+                          noise_space=cfg.noise_space, conditions=MCM_CONDITIONS, **collator_options(cfg))
 
 def with_reference(cfg: MCMDPOConfig, base: Path, data: AltTextData, batch_size: int = 8) -> list[dict]:
     "The training records with the base model's stored reference log-probs (`ref_logps`, eight per record)."
@@ -119,7 +120,7 @@ def with_reference(cfg: MCMDPOConfig, base: Path, data: AltTextData, batch_size:
     except (DataFileError, FileNotFoundError, OSError): pass
     log.info(f"storing reference log-probs of {src} in {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    bb = models.resolve_backbone(src, cfg.device)
+    bb = load_model(cfg, src)
     train.precompute_reference_logps(bb.model, data.train, reference_collator(cfg, bb.processor), path, batch_size=batch_size)
     return train.attach_reference_logps(data.train, path)
 
@@ -182,17 +183,22 @@ def score_decoding(cfg: MCMDPOConfig, data: AltTextData, outputs: list[str], nam
         for it, c in zip(items, checks): it.update({f"{k}_{name}": c[k] for k in (*FAITH_KEYS, "absent_objects")})
     return summary, items
 
+def decoding(cfg: MCMDPOConfig) -> dict:
+    "Each evaluation decoding's settings, every one (greedy, and beam search as the release's inference script)."
+    from mllm_nle.inputs import decoding_settings
+    return {decoding_name(b): decoding_settings(max_new_tokens=cfg.max_new_tokens, num_beams=b) for b in cfg.num_beams}
+
 def evaluator(cfg: MCMDPOConfig, data: AltTextData):
     "The experiment layer's `evaluate(backbone)`: every decoding of `cfg.num_beams`, scored."
     from mllm_nle import models
     from mllm_nle.data import open_image
-    examples = [dict(image=open_image(r, cfg.max_image_pixels), image_key=r["image"], prompt=r["question"], **({"system": r["system"]} if r.get("system") else {}))
-                for r in data.test]
+    examples = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r["image"], prompt=r["question"],
+                     **({"system": r["system"]} if r.get("system") else {})) for r in data.test]   # images opened per batch
     def evaluate(backbone) -> dict:
         summary, rows = {}, [dict(id=r["id"], question=r["question"], chosen=r["chosen"]) for r in data.test]
         for beams in cfg.num_beams:
-            outs = models.generate(backbone.model, backbone.processor, examples, max_new_tokens=cfg.max_new_tokens, num_beams=beams,
-                                   batch_size=cfg.eval_batch_size, progress=True)
+            outs = models.generate(backbone.model, backbone.processor, examples, batch_size=cfg.eval_batch_size, progress=True,
+                                   **decoding(cfg)[decoding_name(beams)])
             s, items = score_decoding(cfg, data, outs, decoding_name(beams))
             summary |= s
             for row, it in zip(rows, items): row.update(it)
@@ -208,7 +214,8 @@ def metrics_meta(cfg: MCMDPOConfig, data: AltTextData) -> dict:
     return dict(experiment="mcmdpo", run_name=cfg.run_name, seed=cfg.seed, backbone=cfg.backbone, paradigm=cfg.paradigm,
                 arms=list(cfg.arms), data=data.source, n_train=len(data.train), n_test=len(data.test), epochs=cfg.epochs,
                 steps=cfg.steps, batch_size=cfg.batch_size, reference=cfg.reference, image_negative=cfg.image_negative,
-                noise_space=cfg.noise_space, decodings=[decoding_name(b) for b in cfg.num_beams])
+                noise_space=cfg.noise_space, decodings=[decoding_name(b) for b in cfg.num_beams], decoding=decoding(cfg),
+                lr_scheduler=cfg.lr_scheduler)
 
 def run_mcmdpo(cfg: MCMDPOConfig, out: Path, data: AltTextData | None = None) -> dict:
     "Baseline, then every arm of `cfg.arms` from it for `cfg.epochs`, each evaluated; writes metrics.json and generations."
@@ -261,14 +268,14 @@ def run_mcmdpo_study(cfg: MCMDPOConfig, out: Path, ablation=(), paradigms=(), pa
     "The main study, then the facet ablation and the paradigms; `{part: study.json}` (part: main, facets, paradigm_<p>)."
     data, out = data or load_alttext_data(cfg), Path(out)
     base, ev = baseline(cfg, data), evaluator(cfg, data)
-    res = {"main": run_study(cfg, out/"main", base, mcmdpo_arms(cfg, data, base), ev)}
+    res = {"main": run_study(cfg, out/"main", base, mcmdpo_arms(cfg, data, base), ev, meta=metrics_meta(cfg, data))}
     if ablation:
         specs = [s for s in ablation if arm_name(s) not in res["main"]["summary"] and s != "k7"]
-        res["facets"] = run_study(cfg, out/"facets", base, mcmdpo_arms(cfg, data, base, specs), ev)
+        res["facets"] = run_study(cfg, out/"facets", base, mcmdpo_arms(cfg, data, base, specs), ev, meta=metrics_meta(cfg, data))
     for p in paradigms:
         if p == cfg.paradigm: continue
         pb = baseline(cfg, data, p)
-        res[f"paradigm_{p}"] = run_study(cfg, out/f"paradigm_{p}", pb, mcmdpo_arms(cfg, data, pb, paradigm_arms, p), ev)
+        res[f"paradigm_{p}"] = run_study(cfg, out/f"paradigm_{p}", pb, mcmdpo_arms(cfg, data, pb, paradigm_arms, p), ev, meta=metrics_meta(cfg, data))
     return res
 
 def _cell(m: dict, k: str) -> str:
