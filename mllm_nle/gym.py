@@ -21,14 +21,15 @@ log = get_logger("mllm_nle.gym")
 __all__ = ['log', 'GYM_METHODS', 'RECIPE_CONFIGS', 'ROWS', 'CONTROL_ROWS', 'EXTRA_ROWS', 'DEFAULT_ROWS', 'AA_ROWS',
            'AA_SEED_OFFSET', 'GYM_DEFAULTS', 'VAL_DEFAULTS', 'VAL_SEED_OFFSET', 'GYM_OWNS', 'SHARED', 'ARM_BUILDERS',
            'STEPS_OF', 'TABLE_METRICS', 'COUNT_METRICS', 'METRICS', 'DERIVED_FIELDS', 'SUITES', 'row_method',
-           'matching_sft', 'is_control', 'GymConfig', 'recipe_config', 'GymData', 'load_gym_data', 'base_records',
-           'base_key', 'base_subsample', 'gym_baseline', 'TokenMeter', 'count_llm_tokens', 'tokens_per_step',
-           'plan_steps', 'metered', 'dgpref_pipelines', 'GymRow', 'build_arms', 'gym_rows', 'item_number', 'item_field',
-           'metric_from_rows', 'chair_items', 'cider_items', 'check_rows', 'evaluate_suite', 'run_one', 'evaluate_base',
-           'write_study']
+           'matching_sft', 'is_control', 'GymConfig', 'check_gym_config', 'recipe_config', 'GymData', 'load_gym_data',
+           'base_records', 'base_key', 'base_subsample', 'gym_baseline', 'TokenMeter', 'count_llm_tokens',
+           'tokens_per_step', 'plan_steps', 'metered', 'dgpref_pipelines', 'GymRow', 'build_arms', 'gym_rows',
+           'item_number', 'item_field', 'metric_from_rows', 'chair_items', 'cider_items', 'check_rows',
+           'evaluate_suite', 'run_one', 'evaluate_base', 'write_study']
 
 # %% ../nbs/13_gym.ipynb #6718ae84
 GYM_METHODS = ("mcle", "dgpref", "hacl", "mcmdpo")
+
 RECIPE_CONFIGS = {"mcle": _mcle.MCLEConfig, "dgpref": _dgpref.DGPrefConfig, "hacl": _hacl.HACLConfig, "mcmdpo": _mcmdpo.MCMDPOConfig}
 
 ROWS = {
@@ -57,18 +58,26 @@ ROWS = {
     "mcmdpo/gold_vs_own": "positive control: DPO, chosen the gold alt-text, rejected the base's own greedy alt-text",
 }
 "Every row the gym knows, `method/arm`: what it is."
+
 CONTROL_ROWS = ("mcle/consistency_dpo", "dgpref/oracle_edit", "dgpref/oracle_edit_balanced", "dgpref/exact_pairs", "dgpref/exact_balanced",
                 "dgpref/sft_gold", "dgpref/shuffled", "dgpref/sft_aa", "mcmdpo/gold_vs_own")
 "The controls: rows built to succeed, to fail, or to be the SFT row again (`gym_controls` builds them)."
+
 EXTRA_ROWS = ("dgpref/oracle_edit", "dgpref/exact_pairs")
 "Rows the default table leaves out (the length-biased controls; ask for them in `rows`)."
+
 DEFAULT_ROWS = tuple(r for r in ROWS if r not in EXTRA_ROWS)
+
+# %% ../nbs/13_gym.ipynb #b071023b
 AA_ROWS = {"dgpref/sft_aa": "dgpref/sft"}
 "A/A rows: `row: the row it repeats at seeds + AA_SEED_OFFSET`."
+
 AA_SEED_OFFSET = 1000
 
 def row_method(name: str) -> str: return name.split("/")[0]
+
 def matching_sft(name: str) -> str: return f"{row_method(name)}/sft"
+
 def is_control(name: str) -> bool: return name in CONTROL_ROWS
 
 # %% ../nbs/13_gym.ipynb #611ee958
@@ -83,16 +92,20 @@ GYM_DEFAULTS = {
 """The gym's settings of each recipe (the CPU tier's sizes); a `GymConfig`'s per-recipe dict goes on top. Every row keeps the
 vision tower and projector fixed (MCM-DPO's paradigm a, no projector training): the rows differ in their objective, not in
 which weights they may move."""
+
 VAL_DEFAULTS = {"mcle": dict(n_test=192), "dgpref": {}, "hacl": dict(n_bench=96, pope_modes=["adversarial"]), "mcmdpo": dict(n_test=96)}
 "The validation split's sizes (on top of the test split's settings); its worlds are drawn at `data_seed + VAL_SEED_OFFSET`."
+
 VAL_SEED_OFFSET = 7919
 
 GYM_OWNS = ("backbone", "sft_steps", "sft_lr", "sft_batch_size", "steps", "seed", "seeds", "device", "data_seed", "cache_dir",
             "output_root", "run_name", "on_error", "max_image_pixels")
 "Recipe fields the gym sets for every recipe (a per-recipe override of one is an error)."
+
 SHARED = ("image_size", "lr", "warmup_ratio", "grad_accum", "logging_steps", "save_steps", "eval_batch_size", "gradient_checkpointing")
 "Gym fields passed to every recipe unless its override dict sets them."
 
+# %% ../nbs/13_gym.ipynb #b2d1f0ba
 @dataclass
 class GymConfig(RunConfig):
     experiment = "gym"
@@ -121,32 +134,37 @@ class GymConfig(RunConfig):
     val: dict = field(default_factory=dict)   # per recipe, settings of the validation split on top of VAL_DEFAULTS
 
     def __post_init__(self):
-        super().__post_init__()
-        bad = [r for r in self.rows if r not in ROWS]
-        if bad: raise ConfigError(f"GymConfig: unknown row(s) {bad}; known: {list(ROWS)}")
-        if not self.rows or not self.seeds: raise ConfigError("GymConfig: rows and seeds must not be empty")
-        if self.budget <= 0 or self.budget_batches <= 0: raise ConfigError("GymConfig: budget and budget_batches must be > 0")
-        if not self.bases or len(set(self.bases)) != len(self.bases) or min(self.bases) < 0:
-            raise ConfigError(f"GymConfig: bases must be distinct integers >= 0, got {self.bases}")
-        if not 0 < self.base_fraction <= 1: raise ConfigError(f"GymConfig: base_fraction must be in (0, 1], got {self.base_fraction}")
-        if self.workers < 1: raise ConfigError(f"GymConfig: workers must be >= 1, got {self.workers}")
-        if not self.tune_lrs or min(self.tune_lrs) <= 0: raise ConfigError(f"GymConfig: tune_lrs must be positive, got {self.tune_lrs}")
-        if set(self.val) - set(GYM_METHODS): raise ConfigError(f"GymConfig.val: keys are methods {GYM_METHODS}, got {sorted(self.val)}")
-        for r in self.rows:
-            if r in AA_ROWS and AA_ROWS[r] not in self.rows: raise ConfigError(f"GymConfig: the A/A row {r} needs {AA_ROWS[r]} in rows")
-        for m in GYM_METHODS:
-            ov = getattr(self, m)
-            if not isinstance(ov, dict): raise ConfigError(f"GymConfig.{m}: a mapping of {RECIPE_CONFIGS[m].__name__} fields, got {ov!r}")
-            owned = sorted(set(ov) & set(GYM_OWNS))
-            if owned: raise ConfigError(f"GymConfig.{m}: {owned} are set by the gym for every method (one backbone, one "
-                                        f"base, one budget, the same seeds); set them on the GymConfig instead")
-            recipe_config(self, m)   # an unknown or ill-typed recipe setting fails here, naming it
-            recipe_config(self, m, split="val")
+        super().__post_init__(); check_gym_config(self)
 
     @property
     def methods(self) -> list[str]:
         "The methods with at least one row, in `GYM_METHODS` order."
         return [m for m in GYM_METHODS if any(row_method(r) == m for r in self.rows)]
+
+# %% ../nbs/13_gym.ipynb #c4907221
+def check_gym_config(cfg: GymConfig):
+    "Raise a `ConfigError` naming the first bad setting of a gym config (rows, bases, budget, tuning, the recipes' dicts)."
+    bad = [r for r in cfg.rows if r not in ROWS]
+    if bad: raise ConfigError(f"GymConfig: unknown row(s) {bad}; known: {list(ROWS)}")
+    if not cfg.rows or not cfg.seeds: raise ConfigError("GymConfig: rows and seeds must not be empty")
+    if cfg.budget <= 0 or cfg.budget_batches <= 0: raise ConfigError("GymConfig: budget and budget_batches must be > 0")
+    if not cfg.bases or len(set(cfg.bases)) != len(cfg.bases) or min(cfg.bases) < 0:
+        raise ConfigError(f"GymConfig: bases must be distinct integers >= 0, got {cfg.bases}")
+    if not 0 < cfg.base_fraction <= 1: raise ConfigError(f"GymConfig: base_fraction must be in (0, 1], got {cfg.base_fraction}")
+    if cfg.workers < 1: raise ConfigError(f"GymConfig: workers must be >= 1, got {cfg.workers}")
+    if not cfg.tune_lrs or min(cfg.tune_lrs) <= 0: raise ConfigError(f"GymConfig: tune_lrs must be positive, got {cfg.tune_lrs}")
+    if set(cfg.val) - set(GYM_METHODS): raise ConfigError(f"GymConfig.val: keys are methods {GYM_METHODS}, got {sorted(cfg.val)}")
+    for r in cfg.rows:
+        if r in AA_ROWS and AA_ROWS[r] not in cfg.rows: raise ConfigError(f"GymConfig: the A/A row {r} needs {AA_ROWS[r]} in rows")
+    for m in GYM_METHODS:
+        ov = getattr(cfg, m)
+        if not isinstance(ov, dict): raise ConfigError(f"GymConfig.{m}: a mapping of {RECIPE_CONFIGS[m].__name__} fields, got {ov!r}")
+        owned = sorted(set(ov) & set(GYM_OWNS))
+        if owned: raise ConfigError(f"GymConfig.{m}: {owned} are set by the gym for every method (one backbone, one "
+                                    f"base, one budget, the same seeds); set them on the GymConfig instead")
+        recipe_config(cfg, m)   # an unknown or ill-typed recipe setting fails here, naming it
+        recipe_config(cfg, m, split="val")
+
 
 # %% ../nbs/13_gym.ipynb #152a8fbb
 def recipe_config(cfg: GymConfig, method: str, base: Path | None = None, split: str = "test"):
@@ -309,6 +327,7 @@ def _hacl_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
     arms = {a.name: replace(a, base=bases[a.name]) for a in hacl_eval.hacl_arms(cfg, data.hacl, bases, models.resolve_backbone(str(base)).processor)}
     return {"hacl/sft": arms["sft"], "hacl/hacl": arms["hacl"]}
 
+# %% ../nbs/13_gym.ipynb #27aa15e3
 def _mcmdpo_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
     from mllm_nle.recipes import mcmdpo_experiment as mx
     arms = {a.name: a for a in mx.mcmdpo_arms(cfg, data.mcmdpo, base, ["sft_continued", "dpo", "mcm_dpo"])}
@@ -317,6 +336,7 @@ def _mcmdpo_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
 
 ARM_BUILDERS = {"mcle": _mcle_arms, "dgpref": _dgpref_arms, "hacl": _hacl_arms, "mcmdpo": _mcmdpo_arms}
 "method -> builder(recipe config, data, base, out) -> {row: Arm, or why the row cannot train}; `gym_controls` adds the controls'."
+
 STEPS_OF = {"mcmdpo/dpo_released": ("mcmdpo/mcm_dpo", 0.5, "half of mcmdpo/mcm_dpo's steps (the release's epochs)"),
             "mcmdpo/dpo_steps": ("mcmdpo/mcm_dpo", 1.0, "mcmdpo/mcm_dpo's steps (step-matched)")}
 "Rows whose steps are a multiple of another row's, not the budget's: `row: (other row, factor, the rule in words)`."
@@ -373,13 +393,16 @@ TABLE_METRICS = {
     "CIDEr": dict(suite="alttext", num="cider", lower=False, label="alt-text CIDEr"),
 }
 "The table's columns: which rows (`suite`), the per-item numerator (and denominator: a ratio of sums), per `group` then averaged."
+
 COUNT_METRICS = {
     "false_claims": dict(suite="caption", num="false_claims", lower=True, label="false claims per caption"),
     "true_claims": dict(suite="caption", num="true_claims", lower=False, label="true claims per caption"),
     "sentences": dict(suite="caption", num="sentences", lower=None, label="sentences per caption"),
 }
 "Counts beside the ratios: a caption's claim hallucination rate falls when it says less, and its counts show that."
+
 METRICS = {**TABLE_METRICS, **COUNT_METRICS}
+
 DERIVED_FIELDS = {"true_claims": lambda r: None if r.get("claims") is None else r["claims"] - r["false_claims"],
                   "parsed": lambda r: r.get("supports_answer") is not None}
 "Per-item fields an older run's rows lack, derived from the ones they hold."
@@ -392,6 +415,7 @@ def item_field(row: dict, key: str):
     "`row[key]`, or the `DERIVED_FIELDS` value when the row predates the field."
     return row[key] if key in row or key not in DERIVED_FIELDS else DERIVED_FIELDS[key](row)
 
+# %% ../nbs/13_gym.ipynb #7bc3fdf6
 def metric_from_rows(rows: list[dict], metric: str) -> float | None:
     "A table column recomputed from one evaluation's rows (None when its denominator is 0)."
     spec = METRICS[metric]

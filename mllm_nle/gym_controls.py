@@ -75,6 +75,7 @@ def gold_records(cfg, data: GymData) -> list[dict]:
     yes_no = pipe.vqa_records({it["id"]: it["scene"] for it in items}, {it["id"]: it["image"] for it in items}, cfg.vqa_per_image, cfg.data_seed)
     return caps + yes_no
 
+# %% ../nbs/13c_gym_controls.ipynb #eb00ba88
 def dgpref_controls(cfg, data: GymData, base: Path, out: Path) -> dict:
     "The DGPref-column controls from the fixed pipeline's files, the gold SFT records, and the shuffled oracle pairs."
     from mllm_nle.recipes import dgpref_study

@@ -45,6 +45,7 @@ def _ratio(num, den, groups: dict) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.mean([num[:, idx].sum(-1) / den[:, idx].sum(-1) for idx in groups.values()], axis=0)
 
+# %% ../nbs/13a_gym_report.ipynb #bb9aae48
 def paired_draws(out, study: dict, a: str, b: str, metric: str, n_boot: int = 2000, seed: int = 0) -> tuple:
     "`(Δ, its n_boot bootstrap draws resampling seeds and items, items, seeds)` of `metric`, `b` minus `a`, on the same items."
     na, da, groups, ia = item_values(out, study, a, metric)

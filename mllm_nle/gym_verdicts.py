@@ -155,6 +155,7 @@ def verdict_table(pairs: list[dict], status: dict) -> str:
              and p["key"] in HOME_METRICS[row_method(p["model"])]]
     return markdown_table(["row", "column", "Δ vs SFT [95% CI over bases × seeds × items]", "bases × seeds × items", "verdict"], lines)
 
+# %% ../nbs/13e_gym_verdicts.ipynb #d2eaa3d7
 def controls_table(pairs: list[dict], columns=("consistency", "claim_hallucination", "false_claims", "CHAIR_i", "pope_f1", "CIDEr")) -> str:
     "Every control (and the A/A row) against the row it is measured against, on the columns it is built for."
     rows = [r for r in dict.fromkeys(p["model"] for p in pairs) if is_control(r)]
