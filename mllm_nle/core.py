@@ -18,6 +18,10 @@ __all__ = ['ConfigError', 'config_from_dict', 'load_config', 'seed_everything', 
            'atomic_write_text', 'save_json', 'save_jsonl', 'DataFileError', 'read_text', 'load_json', 'load_jsonl',
            'save_safetensors', 'repo_root', 'shared_data', 'run_dir', 'get_logger']
 
+# %% ../nbs/00_core.ipynb #bf90d12d
+import warnings
+warnings.filterwarnings("ignore", message="IProgress not found")   # tqdm.auto without ipywidgets: text bars, which work
+
 # %% ../nbs/00_core.ipynb #ba51492a
 class ConfigError(ValueError):
     "A params file or override that does not fit its config class."

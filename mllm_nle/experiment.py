@@ -11,7 +11,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .core import ConfigError, get_logger, load_config, load_json, load_jsonl, repo_root, save_json, save_jsonl, seed_everything
+from .core import ConfigError, get_logger, load_config, load_json, load_jsonl, repo_root, save_json, save_jsonl
+from .core import save_safetensors, seed_everything
 from .data import MAX_IMAGE_PIXELS
 
 log = get_logger("mllm_nle.experiment")
@@ -216,6 +217,8 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
         trainer = train.MethodTrainer(model=bb.model, args=args, method=method, data_collator=collator, train_dataset=list(records))
         trainer.train()
         shutil.rmtree(d/"checkpoints", ignore_errors=True)
+        mm = bb.model._modules.pop("method_modules", None)   # a method's own modules (HACL's heads) go beside the weights:
+        if mm is not None: save_safetensors(d/models.METHOD_MODULES, mm.state_dict())   # in them, loading lists them as unexpected
         bb.model.save_pretrained(d); bb.processor.save_pretrained(d)
         return {"log_history": trainer.state.log_history, "seconds": time.time() - t0, "steps": cfg.sft_steps}
     d = cache_root(cfg)/"baseline"/f"{method.name}-{key}"

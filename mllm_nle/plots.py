@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['save_figure', 'ema', 'loss_series', 'plot_loss_curves', 'plot_metric_bars', 'plot_before_after',
-           'plot_consistency_matrix', 'plot_gallery']
+           'plot_consistency_matrix', 'drawable', 'plot_gallery']
 
 # %% ../nbs/05_plots.ipynb #44545cd7
 def save_figure(fig: Figure, path: str | Path | None, dpi: int = 120) -> Path | None:
@@ -117,6 +117,20 @@ def plot_consistency_matrix(matrix, title: str = "answer–explanation consisten
     fig.tight_layout(); save_figure(fig, path)
     return fig
 
+# %% ../nbs/05_plots.ipynb #0e78a731
+import functools
+
+@functools.lru_cache(maxsize=None)
+def _charmap(family: str) -> frozenset:
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[family]))).get_charmap())
+
+def drawable(text: str, family: str = "sans-serif") -> str:
+    "`text` with every character the font of `family` has no glyph for written as '?' (matplotlib would draw a box and warn)."
+    chars = _charmap(family)
+    return "".join(c if c.isspace() or ord(c) in chars else "?" for c in text)
+
 # %% ../nbs/05_plots.ipynb #44d65da5
 def plot_gallery(images: Sequence, texts_a: Sequence[str], texts_b: Sequence[str], labels: tuple[str, str] = ("run A", "run B"),
                  titles: Sequence[str] | None = None, wrap: int = 48, path: str | Path | None = None) -> Figure:
@@ -130,9 +144,9 @@ def plot_gallery(images: Sequence, texts_a: Sequence[str], texts_b: Sequence[str
                              gridspec_kw={"width_ratios": [1, 1.6, 1.6]})
     for r, (img, ta, tb) in enumerate(zip(images, texts_a, texts_b)):
         if isinstance(img, (str, Path)): img = Image.open(img)
-        axes[r, 0].imshow(np.asarray(img)); axes[r, 0].set_title(titles[r] if titles else "", fontsize=9)
+        axes[r, 0].imshow(np.asarray(img)); axes[r, 0].set_title(drawable(titles[r]) if titles else "", fontsize=9)
         for c, (lab, t) in enumerate([(labels[0], ta), (labels[1], tb)], 1):
-            axes[r, c].text(0, 1, f"{lab}:\n" + textwrap.fill(t or "", wrap), va="top", ha="left", fontsize=8, family="monospace",
+            axes[r, c].text(0, 1, f"{lab}:\n" + textwrap.fill(drawable(t or "", "monospace"), wrap), va="top", ha="left", fontsize=8, family="monospace",
                             transform=axes[r, c].transAxes)
         for ax in axes[r]: ax.axis("off")
     fig.tight_layout(); save_figure(fig, path)

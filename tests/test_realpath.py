@@ -142,3 +142,23 @@ def test_dgpref_real_data_helpers_say_when_there_are_no_pairs(tmp_path, capsys):
     cfg = dgpref.DGPrefConfig(pool_images=str(tmp_path), sft_steps=0, arms=["dgpref_vqa"], official_expert="vqa")
     (tmp_path/"pipeline").mkdir(); (tmp_path/"pipeline"/"preferences_vqa.json").write_text("[]")
     assert "skipped" in dgpref_study.first_step_losses(cfg, tmp_path)
+
+
+def test_baseline_keeps_method_modules_beside_its_weights(tmp_path, capfd):
+    """A baseline trained with a method module (HACL's pretrain heads) saves it as method_modules.safetensors beside the weights,
+    not inside model.safetensors, so loading the folder reports no unexpected keys; HACL's head loader still finds it."""
+    from safetensors import safe_open
+    from mllm_nle.recipes import hacl
+    cfg = experiment.RunConfig(backbone="tiny:llava:xs", sft_steps=2, sft_batch_size=2, sft_lr=1e-3, logging_steps=1,
+                               cache_dir=str(tmp_path/"c"))
+    head = torch.nn.Linear(4, 2)
+    method = replace(train.get_method("sft"), modules={"hacl_head": head})
+    d = experiment.train_baseline(cfg, train.toy_records(4, tmp_path), "toy", method=method)
+    with safe_open(str(d/"model.safetensors"), "pt") as f: keys = list(f.keys())
+    assert keys and not [k for k in keys if "method_modules" in k or "hacl_head" in k]
+    assert set(hacl.load_head_state(d)) == {"weight", "bias"}
+    assert torch.equal(hacl.load_head_state(d)["weight"], head.weight.detach())
+    capfd.readouterr()
+    models.load_backbone(d)
+    err = capfd.readouterr().err
+    assert "UNEXPECTED" not in err and "LOAD REPORT" not in err, err
