@@ -19,11 +19,11 @@ log = get_logger("mllm_nle.experiment")
 
 # %% auto #0
 __all__ = ['log', 'LR_SCHEDULERS', 'START_ROW', 'RunConfig', 'check_run_settings', 'notebook_params', 'notebook_config',
-           'config_help', 'parameters_cell', 'config_key', 'model_id', 'cache_root', 'repo_path', 'cached_dir',
-           'training_args', 'input_options', 'load_model', 'collator_options', 'train_baseline', 'Arm', 'lora_options',
-           'train_arm', 'write_results', 'start_model', 'processor_of', 'image_token_preflight', 'run_arms',
-           'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table', 'summary_table',
-           'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
+           'config_help', 'parameters_cell', 'config_key', 'model_id', 'file_id', 'cache_root', 'repo_path',
+           'cached_dir', 'training_args', 'input_options', 'load_model', 'collator_options', 'train_baseline', 'Arm',
+           'lora_options', 'train_arm', 'write_results', 'start_model', 'processor_of', 'image_token_preflight',
+           'run_arms', 'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table',
+           'summary_table', 'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
 
 # %% ../nbs/07a_experiment.ipynb #e0e6d953
 @dataclass
@@ -140,9 +140,18 @@ def config_key(**parts) -> str:
 
 def model_id(spec) -> str:
     """What names a model in a cache key: a cached baseline's folder name, which is already the hash of its config (so the
-    key does not change with where the cache lives), else the spec or path as given."""
+    key does not change with where the cache lives); a local model folder's name and the size and time of its files; else
+    the spec as given."""
     p = Path(str(spec))
-    return p.name if (p/"done.json").exists() else str(spec)
+    if (p/"done.json").exists(): return p.name
+    if p.is_dir():   # a local checkpoint: its name and each file's size and time, so weights overwritten in place are another model
+        return f"{p.name} {config_key(files={f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()})}"
+    return str(spec)
+
+def file_id(path) -> str:
+    "A data file in a cache key: its name and a hash of its bytes (an edited file is other data; a copy elsewhere is not)."
+    p = Path(path)
+    return f"{p.name} sha1={hashlib.sha1(p.read_bytes()).hexdigest()[:12]}"
 
 def cache_root(cfg: RunConfig) -> Path:
     "`cfg.cache_dir`, or `outputs/<experiment>/cache` in the checkout."
@@ -205,8 +214,10 @@ def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, t
     if cfg.sft_steps <= 0: return Path(cfg.backbone)
     method = method or train.get_method("sft")
     if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
+    # the schedule's other settings: a default value stays out of the key, so the baselines cached before they were added are found
+    sched = {k: v for k, v, default in (("ga", cfg.grad_accum, 1), ("w", cfg.warmup_ratio, 0.05)) if v != default}
     key = config_key(b=model_id(cfg.backbone), d=train_key, n=len(records), steps=cfg.sft_steps, lr=cfg.sft_lr,
-                     bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2, **_stage_key(cfg))
+                     bs=cfg.sft_batch_size, seed=cfg.data_seed, m=method.name, t=trainable, v=2, **sched, **_stage_key(cfg))
     def build(d):
         seed_everything(cfg.data_seed)
         bb = load_model(cfg)

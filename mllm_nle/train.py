@@ -441,13 +441,29 @@ class MethodTrainer(CheckpointingTrainer):
 
 # %% ../nbs/07_train.ipynb #b259e490
 def _weights_fingerprint(model) -> str:
-    "A cheap identity of the base weights (LoRA adapters excluded): every parameter's name, shape and first values."
+    """A cheap identity of the base weights (LoRA adapters excluded): every parameter's name, shape, first values and sum
+    (the sum sees a change anywhere in a tensor, e.g. in a tied output head whose first row is the zero padding embedding)."""
     h = hashlib.sha1()
     for n, p in model.named_parameters():
         if "lora_" in n or n.startswith("method_modules"): continue
+        x = p.detach().reshape(-1)
         h.update(f"{n.removeprefix('base_model.model.').replace('.base_layer', '')}{tuple(p.shape)}".encode())
-        h.update(p.detach().reshape(-1)[:16].float().cpu().numpy().tobytes())
+        h.update(x[:16].float().cpu().numpy().tobytes())
+        h.update(repr(float(x.sum(dtype=torch.float64))).encode())
     return h.hexdigest()[:16]
+
+def _content_hash(x, h=None):
+    "sha1 of plain data and tensors (their shape, dtype and bytes), in nested dicts and lists; other objects by their type name."
+    h = h or hashlib.sha1()
+    if torch.is_tensor(x):
+        t = x.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{tuple(x.shape)}{x.dtype}".encode()); h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(x, dict):
+        for k in sorted(x, key=str): h.update(f"K{k!r}".encode()); _content_hash(x[k], h)
+    elif isinstance(x, (list, tuple)):
+        h.update(b"["); [_content_hash(v, h) for v in x]; h.update(b"]")
+    else: h.update((repr(x) if isinstance(x, (str, int, float, bool, type(None))) else type(x).__name__).encode())
+    return h
 
 def _append_lines(f, rows):
     "Append JSON lines in one write, then flush and fsync: a kill leaves whole lines, and at most one cut line."
@@ -484,8 +500,10 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
         if rid is None: raise DataFileError(f"precompute_reference_logps: record {i} has no 'id' field")
     if len(set(ids)) != len(ids): raise DataFileError("precompute_reference_logps: duplicate record ids")
     out_path = Path(out_path); part = out_path.with_name(out_path.name + ".partial.jsonl")
+    first = collator(records[:batch_size]) if records else None   # its tensors stand for the collator and processor
     header = dict(ids=hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:16], n=len(ids), batch_size=batch_size,
-                  weights=_weights_fingerprint(model))
+                  weights=_weights_fingerprint(model), records=_content_hash(records).hexdigest()[:16],
+                  batch=_content_hash(first).hexdigest()[:16])
     done = _read_partial(part, header)
     if done: log.info(f"{part}: resuming; {len(done)} of {len(ids)} records are done")
     todo = [s for s in range(0, len(records), batch_size) if any(str(r["id"]) not in done for r in records[s:s + batch_size])]
@@ -498,7 +516,8 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
             if f.tell() == 0: _append_lines(f, [{"header": header}])
             for s in tqdm(todo, desc="reference log-probs"):
                 chunk = records[s:s + batch_size]
-                lp = models.sequence_logps(model, models.to_device((b := collator(chunk)).get("lm", b), device))
+                b = first if s == 0 else collator(chunk)
+                lp = models.sequence_logps(model, models.to_device(b.get("lm", b), device))
                 n, rows = len(chunk), lp.sum.shape[0]
                 if rows % n: raise ValueError(f"collator gave {rows} rows for {n} records; expected a multiple")
                 lines = [{"id": str(r["id"]), "sum": [lp.sum[k * n + j].item() for k in range(rows // n)],

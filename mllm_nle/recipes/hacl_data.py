@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fastcore.basics import patch
 from ..core import ConfigError, DataFileError, get_logger, load_json, save_json
-from ..experiment import cache_root, cached_dir, config_key, repo_path
+from ..experiment import cache_root, cached_dir, config_key, file_id, repo_path
 
 log = get_logger("mllm_nle.recipes.hacl_data")
 
@@ -368,4 +368,4 @@ def load_hacl_data(cfg) -> HACLData:
                      if cfg.probe_file else ([], None))
     return HACLData(train, probe_items(probe), repo_path(cfg.bench_dir), repo_path(cfg.bench_image_root or cfg.bench_dir), None, str(cfg.train_file),
                     {"train": rtrain, "probe": rprobe, "dropped": {"train": dropped(rtrain), "probe": dropped(rprobe)}}, None,
-                    train_key=str(repo_path(cfg.train_file)), contrastive_key=str(repo_path(cfg.train_file)))
+                    train_key=file_id(repo_path(cfg.train_file)), contrastive_key=file_id(repo_path(cfg.train_file)))

@@ -14,7 +14,7 @@ import torch
 from ..core import ConfigError, get_logger, load_json
 from ..data import MCLE_LEVELS
 from ..batches import SFTCollator, text_batch
-from ..experiment import (Arm, RunConfig, cache_root, cached_dir, config_key, repo_path, run_arms, run_study,
+from ..experiment import (Arm, RunConfig, cache_root, cached_dir, config_key, file_id, repo_path, run_arms, run_study,
                                  summary_table, train_baseline)
 from ..losses import MCLE_VARIANTS
 from ..train import Method, get_method, register_method, toy_answer, toy_images
@@ -145,7 +145,7 @@ def load_mcle_data(cfg: MCLEConfig) -> MCLEData:
         scenes = {s["id"]: world.Scene.from_dict(s) for s in load_json(d/"scenes.json")}
     else:
         train_file, test_file, root = (repo_path(p) for p in (cfg.train_file, cfg.test_file, cfg.image_root))
-        source, scenes, train_key = str(cfg.train_file), None, str(train_file)
+        source, scenes, train_key = str(cfg.train_file), None, file_id(train_file)
     lim = dict(on_error=cfg.on_error, max_image_pixels=cfg.max_image_pixels)
     train, rtrain = data.load_mcle_train(train_file, image_root=root, **lim)
     test, rtest = data.load_vqax_test(test_file, image_root=root, **lim)

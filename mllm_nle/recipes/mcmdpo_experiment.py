@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core import get_logger, load_json
-from ..experiment import (Arm, cache_root, cached_dir, collator_options, config_key, load_model, markdown_table, model_id, repo_path,
-                                 run_arms, run_study,
+from ..experiment import (Arm, cache_root, cached_dir, collator_options, config_key, file_id, load_model, markdown_table,
+                                 model_id, repo_path, run_arms, run_study,
                                  summary_table, train_baseline)
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from .mcmdpo import PARADIGMS, MCMDPOCollator, MCMDPOConfig, assign_negatives, load_swift_pairs, trainable_setup
@@ -66,7 +66,7 @@ def load_alttext_data(cfg: MCMDPOConfig) -> AltTextData:
         else:
             train, rtr = load_swift_pairs(tr_file, image_root=root, **kw)
             test, rte = load_swift_pairs(te_file, image_root=te_root, split="test", **kw)
-        scenes, source, key = None, f"{cfg.train_file} ({cfg.data_format})", f"{tr_file} ({cfg.data_format})"
+        scenes, source, key = None, f"{cfg.train_file} ({cfg.data_format})", f"{file_id(tr_file)} ({cfg.data_format})"
     if cfg.max_test: test = test[:cfg.max_test]
     train = assign_negatives(train, seed=cfg.data_seed, image_donors=cfg.image_negative == "random")
     return AltTextData(train, test, scenes, source, {"train": rtr, "test": rte}, key)
