@@ -86,6 +86,9 @@ def test_plan_steps_spends_the_budget():
     assert gym.plan_steps(1000, 300.0) == 3 and gym.plan_steps(1000, 250.0) == 4 and gym.plan_steps(999, 250.0) == 3
     assert gym.plan_steps(100, 300.0) == 1                      # at least one step
     assert gym.plan_steps(10, 0.0) == 10 and gym.plan_steps(10, 0.5) == 10   # a step of < 1 token is taken as 1
+    # floor division, also where the float quotient rounds up: 1070 / 97.27272727272728 is 10.999999999999999..., so 10 steps
+    from fractions import Fraction
+    assert Fraction(1070) / Fraction(97.27272727272728) < 11 and gym.plan_steps(1070, 97.27272727272728) == 10
 
 
 def test_metric_from_rows_averages_groups_of_ratios():
@@ -97,4 +100,55 @@ def test_metric_from_rows_averages_groups_of_ratios():
     assert gym.metric_from_rows(rows, "CHAIR_i") is None                                # no caption rows
     rows += [dict(suite="pope", mode="popular", f1_num=0, f1_den=0)]
     assert gym.metric_from_rows(rows, "pope_f1") is None                                # one group undefined: the column is
+    assert gym.metric_from_rows([dict(suite="vqa", correct=True)], "accuracy") == 1.0           # one item: a denominator of 1
     assert gym.item_number(None) == 0.0 and gym.item_number(True) == 1.0 and gym.item_number(3) == 3.0
+
+
+def test_counts_embedding_passes_without_a_mask(bb):
+    "A pass given only `inputs_embeds` (no 2-D mask) counts every position: batch × length tokens, and batch rows."
+    lm = models.hf_model(bb.model).model.language_model
+    meter = gym.TokenMeter()
+    h = gym.count_llm_tokens(bb.model, meter)
+    try:
+        with torch.enable_grad():
+            lm(inputs_embeds=torch.zeros(2, 5, lm.config.hidden_size))
+            lm(inputs_embeds=torch.zeros(3, 4, lm.config.hidden_size))
+    finally: h.remove()
+    assert (meter.tokens, meter.rows) == (2 * 5 + 3 * 4, 2 + 3)
+
+
+def test_sampled_batches_are_seeded_and_default_to_12(bb, sft_records):
+    "Batches of 1 of 3 records of different lengths: the mean depends on which were drawn, so on the seed and their number."
+    cfg, arm = RunConfig(batch_size=1, lora_r=4), Arm("sft", lambda: get_method("sft"), sft_records)
+    once = gym.tokens_per_step(cfg, arm, SPEC)
+    assert once == gym.tokens_per_step(cfg, arm, SPEC) == gym.tokens_per_step(cfg, arm, SPEC, n_batches=12, seed=0)
+    lengths = [_alone(SFTCollator(bb.processor), [r]) for r in sft_records]
+    import random
+    rng = random.Random(0)
+    drawn = [rng.sample(range(3), 1)[0] for _ in range(12)]
+    assert once["tokens"] == pytest.approx(sum(lengths[i] for i in drawn) / 12)
+    assert gym.tokens_per_step(cfg, arm, SPEC, n_batches=13) != once
+
+
+def test_an_arm_with_its_own_base_is_measured_on_it(sft_records, monkeypatch):
+    "An arm that starts from another model (a pretrain stage): its tokens are that model's; the run's device is used."
+    devices, real = [], models.resolve_backbone
+    monkeypatch.setattr(models, "resolve_backbone", lambda spec, device=None: devices.append((spec, device)) or real(spec, device))
+    cfg = RunConfig(batch_size=3, lora_r=4, device="cpu")
+    own = gym.tokens_per_step(cfg, Arm("sft", lambda: get_method("sft"), sft_records, base="tiny:llava:xs"), SPEC, n_batches=1)
+    assert devices == [("tiny:llava:xs", "cpu")]
+    assert own == gym.tokens_per_step(cfg, Arm("sft", lambda: get_method("sft"), sft_records), "tiny:llava:xs", n_batches=1)
+    assert own != gym.tokens_per_step(cfg, Arm("sft", lambda: get_method("sft"), sft_records), SPEC, n_batches=1)
+
+
+def test_the_method_setup_and_image_limit_apply(sft_records):
+    "The method's setup runs on the method and the LoRA model that is measured; the run's image-size limit refuses images."
+    from dataclasses import replace
+    seen = []
+    def method():
+        m = get_method("sft")
+        return replace(m, setup=lambda meth, model: seen.append((meth, hasattr(model, "disable_adapter"))))
+    gym.tokens_per_step(RunConfig(batch_size=3, lora_r=4), Arm("sft", method, sft_records), SPEC, n_batches=1)
+    assert len(seen) == 1 and seen[0][0].name == "sft" and seen[0][1]
+    with pytest.raises(Exception, match="pixels"):
+        gym.tokens_per_step(RunConfig(batch_size=3, lora_r=4, max_image_pixels=10), Arm("sft", lambda: get_method("sft"), sft_records), SPEC, n_batches=1)

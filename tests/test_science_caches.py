@@ -246,6 +246,8 @@ def test_group_records_keeps_every_group_in_first_seen_order():
     assert train.group_records([], "g") == []
     col = train.GroupCollator(lambda rs: [r["id"] for r in rs])
     assert col(groups[:3]) == [1, 3, 2, 4]
+    inner = dgpref.PreferenceCollator(processor=None)
+    assert train.GroupCollator(inner).processor is None and train.GroupCollator(inner).row_names == inner.row_names   # the rest is the collator's
 
 
 def test_a_file_of_several_groups_trains_on_all_of_them(qwen, tmp_path):
@@ -266,3 +268,175 @@ def test_a_file_of_several_groups_trains_on_all_of_them(qwen, tmp_path):
     assert [len(b) for b in seen] == [9, 3]                             # 3 groups of 3, then the last group
     groups = {r["id"]: r["group"] for r in loaded}
     assert all(len({groups[i] for i in b}) == len(b) // 3 for b in seen)   # a batch holds whole groups
+
+
+# ---------------------------------------------------------------- the reference log-prob file: layout, inputs, errors
+def test_stored_file_holds_sums_and_means_in_default_batches_of_8(qwen, tmp_path):
+    "9 records by default: 2 passes (8 + 1); the file (in a folder made for it) has both reductions and the slot count."
+    recs, col = _prefs(tmp_path, n=9), dgpref.PreferenceCollator(qwen.processor)
+    path = tmp_path/"new"/"deeper"/"ref.json"
+    n, h = _passes(qwen.model)
+    try: train.precompute_reference_logps(qwen.model, recs, col, path)
+    finally: h.remove()
+    assert n[0] == 2
+    stored = json.loads(path.read_text())
+    assert stored["slots"] == 2 and set(stored["logps"]) == {r["id"] for r in recs}
+    for s in (0, 8):
+        chunk = recs[s:s + 8]
+        with torch.no_grad(): lp = models.sequence_logps(qwen.model, col(chunk))
+        for j, r in enumerate(chunk):
+            for key, t in (("sum", lp.sum), ("mean", lp.mean)):
+                assert stored["logps"][r["id"]][key] == pytest.approx([t[j].item(), t[len(chunk) + j].item()], abs=1e-5), (r["id"], key)
+
+
+def test_no_records_store_an_empty_file(qwen, tmp_path):
+    "No records: the collator is never called and the file says so (no slots)."
+    def col(chunk): raise AssertionError("collator called")
+    path = train.precompute_reference_logps(qwen.model, [], col, tmp_path/"ref.json")
+    assert json.loads(Path(path).read_text()) == {"slots": None, "logps": {}}
+
+
+def test_a_peft_policy_is_scored_as_its_base(tmp_path):
+    "A LoRA model whose adapters change its outputs: the stored reference is the base model's, adapters off."
+    bb = models.resolve_backbone(SPEC)
+    recs, col = _prefs(tmp_path), dgpref.PreferenceCollator(bb.processor)
+    base = _fresh(bb.model, recs, col)
+    peft = models.add_lora(bb.model, r=4)
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n: p.add_(0.5)
+    assert not _close(_fresh(peft, recs, col), base, tol=1e-3)          # the adapters matter
+    train.precompute_reference_logps(peft, recs, col, tmp_path/"ref.json", batch_size=2)
+    assert _close(_stored(tmp_path/"ref.json"), base)
+
+
+def test_a_collator_with_an_lm_part_is_scored_on_it(qwen, tmp_path):
+    "A collator that returns `{'lm': batch, ...}` (a method's extra inputs beside it): the log-probs are of the 'lm' batch."
+    recs, inner = _prefs(tmp_path), dgpref.PreferenceCollator(qwen.processor)
+    col = lambda chunk: {"lm": inner(chunk), "extra": torch.zeros(len(chunk), 3)}
+    train.precompute_reference_logps(qwen.model, recs, col, tmp_path/"ref.json", batch_size=2)
+    assert _close(_stored(tmp_path/"ref.json"), _fresh(qwen.model, recs, inner))
+
+
+def test_bad_records_and_collators_are_named(qwen, tmp_path):
+    recs, col = _prefs(tmp_path), dgpref.PreferenceCollator(qwen.processor)
+    with pytest.raises(train.DataFileError, match=r"record 1 has no 'id' field"):
+        train.precompute_reference_logps(qwen.model, [recs[0], {k: v for k, v in recs[1].items() if k != "id"}], col, tmp_path/"a.json")
+    with pytest.raises(train.DataFileError, match="duplicate record ids"):
+        train.precompute_reference_logps(qwen.model, [recs[0], recs[0]], col, tmp_path/"b.json")
+    short = lambda chunk: col(chunk[:3])                                       # 6 rows for 4 records
+    with pytest.raises(ValueError, match="gave 6 rows for 4 records; expected a multiple"):
+        train.precompute_reference_logps(qwen.model, recs, short, tmp_path/"c.json", batch_size=4)
+
+
+def test_attach_reference_logps_by_reduction_and_slots(tmp_path):
+    path = tmp_path/"ref.json"
+    path.write_text(json.dumps({"slots": None, "logps": {"a": {"sum": [-1.0, -2.0], "mean": [-0.5, -0.25]},
+                                                          "7": {"sum": [-1.0, -2.0, -3.0], "mean": [-0.1, -0.2, -0.3]}}}))
+    recs = [dict(id="a", x=1), dict(id=7)]
+    assert train.attach_reference_logps(recs, path) == [dict(id="a", x=1, ref_chosen_logp=-1.0, ref_rejected_logp=-2.0),
+                                                        dict(id=7, ref_logps=[-1.0, -2.0, -3.0])]
+    assert train.attach_reference_logps(recs, path, reduce="mean") == [dict(id="a", x=1, ref_chosen_logp=-0.5, ref_rejected_logp=-0.25),
+                                                                       dict(id=7, ref_logps=[-0.1, -0.2, -0.3])]
+    assert recs == [dict(id="a", x=1), dict(id=7)]                                  # copies
+    with pytest.raises(train.DataFileError, match=r"no reference log-probs for record 1 \(id 'b'\)"):
+        train.attach_reference_logps([dict(id="a"), dict(id="b")], path)
+    with pytest.raises(train.ConfigError, match="reduce must be 'sum' or 'mean', got 'max'"):
+        train.attach_reference_logps(recs, path, reduce="max")
+
+
+# ---------------------------------------------------------------- the hashes behind the headers and keys
+class _Thing:
+    pass
+
+
+def test_content_hash_of_mixed_keys_and_opaque_objects():
+    h = lambda x: train._content_hash(x).hexdigest()
+    assert h({1: "a", "b": 2}) == h({"b": 2, 1: "a"})                         # keys of mixed types, in any order
+    assert h({1: "a", "b": 2}) != h({1: "a", "b": 3})
+    assert h([_Thing()]) == h([_Thing()])                                    # other objects by type: not their address
+    assert h([_Thing()]) != h([object()])
+    assert h([[1], [2]]) != h([[1, 2]]) and h(torch.tensor([1, 2])) != h(torch.tensor([[1, 2]]))
+
+
+def test_a_header_that_is_not_json_starts_over(tmp_path):
+    part = tmp_path/"x.partial.jsonl"
+    part.write_text('{"header": \n' + '{"id": "a", "sum": [1], "mean": [2]}\n')
+    assert train._read_partial(part, {"h": 1}) == {} and not part.exists()
+
+
+def test_weights_fingerprint_sees_small_changes_in_big_tensors_and_skips_method_modules():
+    "A change of 0.01 in one of 2^20 ones is lost in a float32 sum, not in the float64 one; method heads are not the base."
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2 ** 20))
+            self.method_modules = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 2)})
+    m = M()
+    f = train._weights_fingerprint(m)
+    with torch.no_grad(): m.method_modules["head"].weight.add_(1.0)
+    assert train._weights_fingerprint(m) == f
+    with torch.no_grad(): m.w[2 ** 19] += 0.01
+    assert float(m.w.detach().sum()) == float(2 ** 20)                                   # float32 does not see it
+    assert train._weights_fingerprint(m) != f
+
+
+def test_file_id_is_the_name_and_12_hex_digits_of_sha1(tmp_path):
+    (tmp_path/"data.json").write_bytes(b"abc")                                # sha1("abc") = a9993e36 4706816a ba3e2571 ...
+    assert experiment.file_id(tmp_path/"data.json") == "data.json sha1=a9993e364706"
+
+
+# ---------------------------------------------------------------- MCM-DPO's stored reference: its key and where it is computed
+@pytest.fixture
+def reference_calls(monkeypatch):
+    "with_reference with the model and the log-prob pass stubbed: each computation is recorded and stores its own number."
+    calls = []
+    def precompute(model, records, collator, path, batch_size=8):
+        calls.append(dict(src=model, path=Path(path), batch_size=batch_size))
+        k = sum("src" in c for c in calls)
+        Path(path).write_text(json.dumps({"slots": 8, "logps": {str(r["id"]): {"sum": [float(k)] * 8, "mean": [0.0] * 8} for r in records}}))
+        return Path(path)
+    monkeypatch.setattr(train, "precompute_reference_logps", precompute)
+    monkeypatch.setattr(models, "resolve_backbone", lambda src, device=None: calls.append(dict(device=device)) or
+                        __import__("types").SimpleNamespace(model=src, processor=None))
+    monkeypatch.setattr(mx, "reference_collator", lambda cfg, processor: None)
+    return calls
+
+
+def _alt(ids=("a", "b"), key="k1"):
+    return mx.AltTextData(train=[dict(id=i) for i in ids], test=[], scenes=None, source="synthetic", reports={}, train_key=key)
+
+
+def test_with_reference_computes_once_per_key(reference_calls, tmp_path):
+    cfg = mcmdpo.MCMDPOConfig(cache_dir=str(tmp_path/"fresh"/"cache"), sft_steps=0, backbone=SPEC, device="cpu")
+    computed = lambda: [c for c in reference_calls if "src" in c]
+    run = lambda c=cfg, base="/models/sft-a", data=None: mx.with_reference(c, Path(base), data or _alt())
+    first = run()
+    assert first == [dict(id="a", ref_logps=[1.0] * 8), dict(id="b", ref_logps=[1.0] * 8)]
+    assert computed()[0]["src"] == SPEC and computed()[0]["batch_size"] == 8 and reference_calls[0] == dict(device="cpu")
+    key = config_key(base=model_id(SPEC), data="k1", n=2, neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space), seed=cfg.data_seed, v=1)
+    assert computed()[0]["path"] == tmp_path/"fresh"/"cache"/"reference"/f"ref-{key}.json"   # bump v (and this) when the file changes
+    assert run() == first and len(computed()) == 1                                         # the same key: read back
+    sft = mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=1, backbone=SPEC, device="cpu")
+    changed = {"sft base": lambda: run(sft), "another sft base": lambda: run(sft, "/models/sft-b"), "data": lambda: run(data=_alt(key="k2")),
+               "fewer records": lambda: run(data=_alt(ids=("a",))),
+               "noise": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, noise_step=cfg.noise_step + 100)),
+               "seed": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, data_seed=cfg.data_seed + 1))}
+    for k, (what, f) in enumerate(changed.items(), 2):
+        assert f()[0]["ref_logps"] == [float(k)] * 8 and len(computed()) == k, what
+    assert [c["src"] for c in computed()[1:3]] == ["/models/sft-a", "/models/sft-b"]        # after SFT, the reference is the SFT model
+    other = mcmdpo.MCMDPOConfig(cache_dir=str(tmp_path/"other"), sft_steps=0, backbone=SPEC)
+    mx.with_reference(other, Path("/models/sft-a"), _alt(), batch_size=3)
+    assert computed()[-1]["batch_size"] == 3
+
+
+def test_another_batch_size_starts_over_with_a_mapping_collator(qwen, tmp_path):
+    "A collator returning a `BatchFeature` (a mapping, not a dict: its content is not hashed): the batch size alone decides."
+    from transformers import BatchFeature
+    recs, inner, path = _prefs(tmp_path, n=6), dgpref.PreferenceCollator(qwen.processor), tmp_path/"ref.json"
+    col = lambda chunk: BatchFeature(inner(chunk))
+    _interrupted(qwen.model, recs, col, path, batches=2)                  # records 0-3 done in batches of 2
+    n, h = _passes(qwen.model)
+    try: train.precompute_reference_logps(qwen.model, recs, col, path, batch_size=3)
+    finally: h.remove()
+    assert n[0] == 2 and _close(_stored(path), _fresh(qwen.model, recs, inner, 3))

@@ -187,11 +187,12 @@ def test_oracle_object_count_attribute_scale_text():
 def test_oracle_spatial_fixed_and_as_released():
     prog = {"spatial": [["circle", "left", "square", ""], ["square", "left", "circle", ""], ["square", "right", "circle", ""],
                         ["square", "top", "circle", ""], ["circle", "bottom", "square", ""], ["star", "left", "circle", ""],
-                        ["circle", "left", "image", "at the top left of"], ["square", "left", "image", "at the right of"]]}
+                        ["circle", "left", "image", "at the top left of"], ["square", "left", "image", "at the right of"],
+                        ["circle", "bottom", "image", "at the bottom of"], ["square", "bottom", "image", "at the bottom of"]]}
     fixed = E.OracleExpert().verify_one(scene(), prog)["spatial"]
     released = E.OracleExpert(official_spatial=True).verify_one(scene(), prog)["spatial"]
-    assert fixed == [SUPPORTED, REFUTED, SUPPORTED, SUPPORTED, SUPPORTED, ABSENT, SUPPORTED, REFUTED]
-    assert released == [SUPPORTED, REFUTED, SUPPORTED, REFUTED, REFUTED, ABSENT, SUPPORTED, REFUTED]   # top inverted, bottom never
+    assert fixed == [SUPPORTED, REFUTED, SUPPORTED, SUPPORTED, SUPPORTED, ABSENT, SUPPORTED, REFUTED, SUPPORTED, REFUTED]
+    assert released == [SUPPORTED, REFUTED, SUPPORTED, REFUTED, REFUTED, ABSENT, SUPPORTED, REFUTED, REFUTED, REFUTED]   # top inverted, bottom never
 
 
 def test_oracle_relations():
@@ -200,6 +201,9 @@ def test_oracle_relations():
                                                            ["circle", "next to", "square"], ["circle", "in the same row as", "star"],
                                                            ["circle", "in the same column as", "circles"]]})["relation"]
     assert v == [SUPPORTED, REFUTED, REFUTED, ABSENT, REFUTED, ABSENT, REFUTED]   # one circle is not in its own column with itself
+    column = Scene("k", [Obj("star", "red", "small", 1, 0), Obj("circle", "blue", "small", 0, 0)])
+    assert E.OracleExpert().verify_one(column, {"relation": [["star", "in the same column as", "circle"], ["star", "next to", "circle"],
+                                                             ["star", "in the same row as", "circle"]]})["relation"] == [SUPPORTED, REFUTED, REFUTED]
     centre = Scene("c", [Obj("star", "red", "small", 1, 1)])
     assert E.OracleExpert().verify_one(centre, {"relation": [["star", "in the center of", "image"]]})["relation"] == [SUPPORTED]
 
@@ -225,13 +229,20 @@ def test_spatial_rules_on_boxes():
     assert E.spatial_holds(a, b, "top", S) and not E.spatial_holds(b, a, "top", S)
     assert E.spatial_holds(b, a, "bottom", S) and not E.spatial_holds(a, b, "bottom", S)
     assert E.spatial_holds(b, a, "top", S, official=True) and not E.spatial_holds(b, a, "bottom", S, official=True)
+    for k in ("left", "right", "top", "bottom"): assert not E.spatial_holds(a, a, k, S), k    # strict: a box is not beside itself
     assert not E.spatial_holds(a, b, "near", S)
+    assert not E.spatial_holds(a, (20, 50, 20, 90), "near", S) and not E.spatial_holds(a, (50, 20, 90, 20), "near", S)   # 10 % exactly
+    assert not E.spatial_holds(a, (20, 40, 24, 90), "near", S)        # centres 12 px apart in x (and 55 in y): not near
+    assert not E.spatial_holds(a, (40, 2, 90, 42), "near", S)         # 12 px apart in y: not near
+    assert E.spatial_holds(a, (50, 16, 90, 20), "near", S)            # 8 px apart in y: near (centres are midpoints)
     assert E.spatial_holds(a, (15, 50, 19, 90), "near", S)          # |dx| = 7 px of 100 < 10 %
     assert E.spatial_holds(a, (50, 4, 90, 18), "near", S)           # |dy| = 1 px
     assert not E.spatial_holds(a, (12, 50, 16, 90), "near", (10, 100))   # 4 px of 10 = 40 %
     with pytest.raises(ValueError, match="unknown spatial kind 'over'"): E.spatial_holds(a, b, "over")
     assert E.spatial_verdict([a], [b], "left", S) == SUPPORTED and E.spatial_verdict([b], [a], "left", S) == REFUTED
     assert E.spatial_verdict([b, a], [b], "left", S) == SUPPORTED          # any pair
+    assert E.spatial_verdict([a], [b], "top", S) == SUPPORTED           # fixed rules unless told otherwise
+    assert E.spatial_verdict([a], [b], "top", S, official=True) == REFUTED
     assert E.spatial_verdict([], [b], "left", S) == ABSENT and E.spatial_verdict([a], [], "left", S) == ABSENT
 
 
@@ -246,6 +257,13 @@ def test_scale_rules_relative_to_the_image():
     assert E.scale_verdict([(0, 0, 29, 59)], "small", S) == SUPPORTED and E.scale_verdict([(0, 0, 30, 10)], "small", S) == REFUTED
     assert E.scale_verdict([(0, 0, 10, 101)], "long", S) == SUPPORTED and E.scale_verdict([(0, 0, 10, 100)], "long", S) == REFUTED
     assert E.scale_verdict([(0, 0, 10, 81)], "tall", S) == SUPPORTED and E.scale_verdict([(0, 0, 10, 80)], "tall", S) == REFUTED
+    # the thresholds are strict (a box of exactly 0.4 is not large, 0.3 not small, 0.5 not long)
+    assert E.scale_verdict([(0, 0, 10, 80)], "large", S) == REFUTED and E.scale_verdict([(0, 0, 10, 60)], "small", S) == REFUTED
+    assert E.scale_verdict([(0, 0, 50, 10)], "long", S) == REFUTED and E.scale_verdict([(0, 0, 30, 10)], "short", S) == REFUTED
+    assert E.scale_verdict([(0, 0, 10, 60)], "short", S) == REFUTED and E.scale_verdict([tall], "short", S) == REFUTED
+    # width and height are x2 - x1 and y2 - y1, not sums: a small box far from the origin stays small
+    assert E.scale_verdict([(60, 150, 80, 170)], "small", S) == SUPPORTED and E.scale_verdict([(60, 150, 80, 170)], "large", S) == REFUTED
+    assert E.scale_verdict([(10, 100, 20, 190)], "tall", S) == SUPPORTED and E.scale_verdict([(50, 0, 95, 10)], "large", S) == SUPPORTED
     with pytest.raises(ValueError, match="unknown scale 'wide'"): E.scale_verdict([wide], "wide", S)
 
 

@@ -60,8 +60,12 @@ def test_singularize():
     assert {w: M.singularize(w) for w in cases} == cases
 
 
-def test_scene_objects_from_a_scene_graph_dict():
+def test_scene_objects_from_a_scene_graph_dict_or_a_scene():
+    from types import SimpleNamespace as NS
+    from mllm_nle.world import Obj, Scene
     assert M.scene_objects({"objects": [{"category": "star"}, {"shape": "circle"}, {"category": "star"}]}) == ["circle", "star"]
+    assert M.scene_objects(Scene("s", [Obj("ring", "red", "small", 0, 0), Obj("cross", "blue", "large", 1, 1)])) == ["cross", "ring"]
+    assert M.scene_objects(NS(objects=[NS(shape="star"), NS(category="ring")])) == ["ring", "star"]   # objects named by `shape`
 
 
 # ---------------------------------------------------------------- consistency
@@ -87,6 +91,12 @@ def test_judge_consistency_leaves_unparsed_outputs_unjudged():
     assert (m.supports_correct, m.unknown, m.unsupported_wrong) == (1, 1, 1)
     r = M.judge_consistency(["q"] * 2, ["red", outs[0]], ["red", "red"], judge=lambda q, e, a: True)
     assert r["supports"] == [None, True] and r["matrix"].unknown == 1      # an unparsed output is never judged, whatever the judge
+    def asks_the_question(q, e, a): return q == "Which colour?"
+    r = M.judge_consistency(["Which colour?", "Other?"], outs[:1] * 2, ["red", "red"], judge=asks_the_question)
+    assert r["supports"] == [True, False] and r["judge"] == "asks_the_question" and not r["is_proxy"]
+    class Callable:
+        def __call__(self, q, e, a): return True
+    assert M.judge_consistency(["q"], outs[:1], ["red"], judge=Callable())["judge"] == "judge"
     r = M.judge_consistency(["q"], outs[:1], ["red"], judge=lambda q, e, a: False, judge_name="nli")
     assert r["judge"] == "nli" and not r["is_proxy"] and r["supports"] == [False]
 
@@ -107,6 +117,7 @@ def test_world_consistency_on_a_hand_built_scene():
     r = M.world_consistency([sc] * 4, [q] * 4, outs, answers=["red", "red", "blue", "blue"])    # gold given: blue is right
     assert [it["correct"] for it in r["items"]] == [True, False, True, True]
     with pytest.raises(ValueError, match=r"lengths differ \(1, 2, 2\)"): M.world_consistency([sc], [q, q], outs[:2])
+    assert M.world_consistency([sc], [q], ["red"])["explanation_truth"] is None        # nothing parsed: no truth rate
 
 
 def test_lexical_proxy_judge():
@@ -118,6 +129,15 @@ def test_lexical_proxy_judge():
 
 
 # ---------------------------------------------------------------- POPE, MMHal
+def test_pope_counts_each_cell_of_the_confusion_matrix():
+    "gold yes: yes yes no (tp 2, fn 1); gold no: yes no no no (fp 1, tn 3)."
+    s = M.pope_scores(["yes", "Yes!", "no", "yes", "no", "No.", "no"], ["yes", "yes", "yes", "no", "no", "no", "no"])
+    assert (s["tp"], s["fn"], s["fp"], s["tn"], s["n"], s["n_unknown"]) == (2, 1, 1, 3, 7, 0)
+    assert s["accuracy"] == pytest.approx(5 / 7) and s["precision"] == pytest.approx(2 / 3) and s["recall"] == pytest.approx(2 / 3)
+    s = M.pope_scores(["no", "yes"], ["no", "no"])                      # no gold yes: recall and F1 are 0, not 1
+    assert (s["recall"], s["precision"], s["f1"]) == (0.0, 0.0, 0.0)
+
+
 def test_pope_unknown_answers_and_labels():
     s = M.pope_scores(["Yes.", "Maybe.", "No", "no"], ["yes", "no", "no", " Yes "])
     assert (s["tp"], s["fp"], s["tn"], s["fn"], s["n_unknown"]) == (1, 1, 1, 1, 1)       # the unsure answer counts as yes
@@ -132,6 +152,7 @@ def test_pope_unknown_answers_and_labels():
 def test_mmhal_rating_needs_exactly_one_rating():
     assert M.mmhal_rating("The answer is fine.\nRating: 5") == 5
     assert M.mmhal_rating("rating: 0") == 0 and M.mmhal_rating("rating: 6") == 6
+    assert M.mmhal_rating("rating: 7") is None                          # the scale is 0-6
     assert M.mmhal_rating("Rating: 2 ... rating: 4") is None and M.mmhal_rating("no score") is None and M.mmhal_rating(None) is None
 
 
@@ -139,6 +160,7 @@ def test_mmhal_scores_and_hallucination_rate():
     s = M.mmhal_scores(["rating: 6", "rating: 2", "rating: 3", "nothing"], ["a", "b", "a", "b"])
     assert s["score"] == pytest.approx((6 + 2 + 3 + 0) / 4) and s["hallucination_rate"] == pytest.approx(2 / 4)
     assert s["n"] == 4 and s["n_ambiguous"] == 1 and s["by_type"] == {"a": 4.5, "b": 1.0}
+    assert M.mmhal_scores([])["hallucination_rate"] is None and M.mmhal_scores([])["n"] == 0
     assert M.mmhal_scores([])["score"] is None and "by_type" not in M.mmhal_scores(["rating: 1"])
 
 
@@ -255,4 +277,7 @@ def test_amber_discriminative_with_no_as_the_positive_class():
     assert r["relation"] == dict(accuracy=0.0, precision=0.0, recall=0.0, f1=0.0, yes_ratio=100.0, n=1, n_unparsed=0)
     assert r["overall"] == dict(accuracy=25.0, precision=50.0, recall=50.0, f1=50.0, yes_ratio=25.0, n=4, n_unparsed=1)
     with pytest.raises(DataFileError, match="beyond AMBER's 6 annotations"): amber_discriminative([{"id": 7, "response": "no"}], _amber())
-    with pytest.raises(DataFileError, match="no discriminative responses"): amber_discriminative([{"id": 1, "response": "no"}], _amber())
+    with pytest.raises(DataFileError, match=r"^no discriminative responses \(AMBER ids 1005-15220\) to score$"):
+        amber_discriminative([{"id": 1, "response": "no"}], _amber())
+    # AMBER reads the first word only: 'There is no ...' is unparsed, not 'no'
+    assert amber_discriminative([{"id": 2, "response": "There is no dog."}], _amber())["existence"]["n_unparsed"] == 1

@@ -93,6 +93,7 @@ def test_study_summary_is_mean_and_sample_std():
     s = study_summary({"m": {0: {"x": 1.0, "y": None}, 1: {"x": 2.0, "y": 5.0}, 2: {"x": 3.0}}})
     assert s["m"]["x"] == dict(mean=2.0, std=1.0, values=[1.0, 2.0, 3.0])
     assert s["m"]["y"] == dict(mean=5.0, std=0.0, values=[5.0])
+    assert study_summary({"m": {0: {"z": 1.0}, 1: {"z": 3.0}}})["m"]["z"]["std"] == pytest.approx(2 ** 0.5)   # two seeds: ddof 1
 
 
 # ---------------------------------------------------------------- gym_report.paired_metric
