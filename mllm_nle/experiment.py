@@ -20,10 +20,10 @@ log = get_logger("mllm_nle.experiment")
 # %% auto #0
 __all__ = ['log', 'LR_SCHEDULERS', 'START_ROW', 'RunConfig', 'check_run_settings', 'notebook_params', 'notebook_config',
            'config_help', 'parameters_cell', 'config_key', 'model_id', 'file_id', 'cache_root', 'repo_path',
-           'cached_dir', 'training_args', 'input_options', 'load_model', 'collator_options', 'train_baseline', 'Arm',
-           'lora_options', 'train_arm', 'write_results', 'start_model', 'processor_of', 'image_token_preflight',
-           'run_arms', 'study_row', 'study_summary', 'run_study', 'paired_difference', 'markdown_table',
-           'summary_table', 'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
+           'cached_dir', 'training_args', 'input_options', 'load_model', 'collator_options', 'input_key',
+           'train_baseline', 'Arm', 'lora_options', 'train_arm', 'write_results', 'start_model', 'processor_of',
+           'image_token_preflight', 'run_arms', 'study_row', 'study_summary', 'run_study', 'paired_difference',
+           'markdown_table', 'summary_table', 'study_table', 'paired_table', 'loss_figure', 'metric_bars', 'study_bars']
 
 # %% ../nbs/07a_experiment.ipynb #e0e6d953
 @dataclass
@@ -205,8 +205,13 @@ def collator_options(cfg: RunConfig) -> dict:
 def _stage_key(cfg: RunConfig) -> dict:
     "The schedule and input settings in a baseline's key, when they are not the defaults its older caches were built with."
     extra = dict(sch=cfg.sft_lr_scheduler) if cfg.sft_lr_scheduler != "cosine" else {}
+    return extra | input_key(cfg)
+
+def input_key(cfg: RunConfig) -> dict:
+    """The input settings in a cache key of what a model computes from its inputs (a baseline, stored reference log-probs):
+    empty at the defaults, so the caches built before the settings existed are found."""
     inp = input_options(cfg)
-    return extra | (dict(inp=inp) if inp != dict(max_image_tokens=None, image_preprocess="pad", prompt_format="chat") else {})
+    return dict(inp=inp) if inp != dict(max_image_tokens=None, image_preprocess="pad", prompt_format="chat") else {}
 
 def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, trainable: dict | None = None) -> Path:
     "Train (once, cached) the baseline on `records` with `method` (default SFT); return the saved model's folder."

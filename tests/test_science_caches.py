@@ -397,7 +397,7 @@ def reference_calls(monkeypatch):
         Path(path).write_text(json.dumps({"slots": 8, "logps": {str(r["id"]): {"sum": [float(k)] * 8, "mean": [0.0] * 8} for r in records}}))
         return Path(path)
     monkeypatch.setattr(train, "precompute_reference_logps", precompute)
-    monkeypatch.setattr(models, "resolve_backbone", lambda src, device=None: calls.append(dict(device=device)) or
+    monkeypatch.setattr(models, "resolve_backbone", lambda src, device=None, **inputs: calls.append(dict(device=device, **inputs)) or
                         __import__("types").SimpleNamespace(model=src, processor=None))
     monkeypatch.setattr(mx, "reference_collator", lambda cfg, processor: None)
     return calls
@@ -413,7 +413,7 @@ def test_with_reference_computes_once_per_key(reference_calls, tmp_path):
     run = lambda c=cfg, base="/models/sft-a", data=None: mx.with_reference(c, Path(base), data or _alt())
     first = run()
     assert first == [dict(id="a", ref_logps=[1.0] * 8), dict(id="b", ref_logps=[1.0] * 8)]
-    assert computed()[0]["src"] == SPEC and computed()[0]["batch_size"] == 8 and reference_calls[0] == dict(device="cpu")
+    assert computed()[0]["src"] == SPEC and computed()[0]["batch_size"] == 8 and reference_calls[0] == dict(device="cpu", max_image_tokens=None, image_preprocess="pad", prompt_format="chat")
     key = config_key(base=model_id(SPEC), data="k1", n=2, neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space), seed=cfg.data_seed, v=1)
     assert computed()[0]["path"] == tmp_path/"fresh"/"cache"/"reference"/f"ref-{key}.json"   # bump v (and this) when the file changes
     assert run() == first and len(computed()) == 1                                         # the same key: read back
@@ -421,7 +421,9 @@ def test_with_reference_computes_once_per_key(reference_calls, tmp_path):
     changed = {"sft base": lambda: run(sft), "another sft base": lambda: run(sft, "/models/sft-b"), "data": lambda: run(data=_alt(key="k2")),
                "fewer records": lambda: run(data=_alt(ids=("a",))),
                "noise": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, noise_step=cfg.noise_step + 100)),
-               "seed": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, data_seed=cfg.data_seed + 1))}
+               "seed": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, data_seed=cfg.data_seed + 1)),
+               "image tokens": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, max_image_tokens=256)),
+               "prompt format": lambda: run(mcmdpo.MCMDPOConfig(cache_dir=cfg.cache_dir, sft_steps=0, backbone=SPEC, prompt_format="llava_v1"))}
     for k, (what, f) in enumerate(changed.items(), 2):
         assert f()[0]["ref_logps"] == [float(k)] * 8 and len(computed()) == k, what
     assert [c["src"] for c in computed()[1:3]] == ["/models/sft-a", "/models/sft-b"]        # after SFT, the reference is the SFT model

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import get_logger, load_json
-from ..experiment import (Arm, cache_root, cached_dir, collator_options, config_key, file_id, load_model, markdown_table,
+from ..experiment import (Arm, cache_root, cached_dir, collator_options, config_key, file_id, input_key, load_model, markdown_table,
                                  model_id, repo_path, run_arms, run_study,
                                  summary_table, train_baseline)
 from ..losses import MCM_CONDITIONS, MCM_FACETS
@@ -114,7 +114,7 @@ def with_reference(cfg: MCMDPOConfig, base: Path, data: AltTextData, batch_size:
     from mllm_nle.core import DataFileError
     src = str(base) if cfg.sft_steps > 0 else cfg.backbone
     key = config_key(base=model_id(src), data=data.train_key, n=len(data.train), neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space),
-                     seed=cfg.data_seed, v=1)
+                     seed=cfg.data_seed, v=1, **input_key(cfg))   # image tokens and prompt change the log-probs
     path = cache_root(cfg)/"reference"/f"ref-{key}.json"
     try: return train.attach_reference_logps(data.train, path)
     except (DataFileError, FileNotFoundError, OSError): pass
