@@ -108,6 +108,7 @@ class DGPrefConfig(RunConfig):
             raise ConfigError(f"{name}: decomposer 'llm' needs decomposer_model, a local path (the release: Meta-Llama-3-8B-Instruct)")
         if self.reference not in ("batch", "live", "none"): raise ConfigError(f"{name}: reference must be batch|live|none, got {self.reference!r}")
         if self.loss_type not in ("sigmoid", "ipo"): raise ConfigError(f"{name}: loss_type must be sigmoid|ipo, got {self.loss_type!r}")
+        if not self.beta > 0: raise ConfigError(f"{name}: beta must be > 0 (IPO divides by 2 beta), got {self.beta}")
         bad = [a for a in self.aspects if a not in ASPECTS]
         if bad: raise ConfigError(f"{name}: unknown aspect(s) {bad}; known: {ASPECTS}")
         bad = [a for a in self.arms if a not in ARM_NAMES]
@@ -165,6 +166,7 @@ class PreferenceCollator(Collator):
 def dpo_method(loss_type: str = "sigmoid", beta: float = 0.1, reference: str = "live", **loss_kw) -> Method:
     "DPO family (sigmoid, IPO; `length_normalized`, `sft_weight`, `official_dgpref`) with a live, precomputed or no reference."
     from mllm_nle import losses
+    if not beta > 0: raise ConfigError(f"dpo: beta must be > 0 (the margin is scaled by beta; IPO divides by 2 beta), got {beta}")
     def inputs(b, f):
         lp, n = f["logps"], int(b["n_pairs"])
         d = dict(chosen_logps=lp.sum[:n], rejected_logps=lp.sum[n:], chosen_lengths=lp.lengths[:n], rejected_lengths=lp.lengths[n:])

@@ -94,7 +94,7 @@ _VARIANT_OPTIONS = {"official": (), "bounded": ("eps",),
                     "multilevel": ("lambdas", "beta", "margin", "temperature")}
 
 @register_method("mcle", data="mcle_train")
-def mcle_method(variant: str = "official", features: bool = False, image_feature: str = "image_llm", **loss_kw) -> Method:
+def mcle_method(variant: str = "multilevel", features: bool = False, image_feature: str = "image_llm", **loss_kw) -> Method:
     "MCLE: `official` (signed ratio x NLL), `bounded` (unlikelihood) or `multilevel` (level margins; `features`: + InfoNCE terms)."
     from mllm_nle import losses
     if variant not in MCLE_VARIANTS: raise ConfigError(f"mcle variant {variant!r} not in {MCLE_VARIANTS}")

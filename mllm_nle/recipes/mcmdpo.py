@@ -88,6 +88,7 @@ def check_mcmdpo_config(cfg: MCMDPOConfig):
     def check(ok, msg):
         if not ok: raise ConfigError(f"{name}: {msg}")
     check(cfg.paradigm in PARADIGMS, f"paradigm {cfg.paradigm!r} is not one of {sorted(PARADIGMS)}")
+    check(cfg.beta > 0, f"beta must be > 0 (it scales every facet's margin), got {cfg.beta}")
     bad = [a for a in [*cfg.arms, *cfg.ablation] if a not in ARM_SPECS]
     check(not bad, f"unknown arm(s) {bad}; valid: {list(ARM_SPECS)}")
     bad = [p for p in cfg.paradigms if p not in PARADIGMS]
@@ -327,6 +328,7 @@ def mcm_dpo_method(beta: float = 0.1, reference: str = "live", pool=None, image_
                    train_projector: bool = False, **loss_kw) -> Method:
     "MCM-DPO: one sigmoid over the weighted facet margins (`n_facets`, `per_facet`, `weights`, `norm`), or `plain_dpo`."
     from mllm_nle import losses
+    if not beta > 0: raise ConfigError(f"mcm_dpo: beta must be > 0 (it scales every facet's margin), got {beta}")
     conds = needed_conditions(loss_kw.get("n_facets", 7), plain_dpo)
     def inputs(b, f):
         n = int(b["n_pairs"]); pol = f["logps"].sum.view(len(conds), n)
