@@ -55,6 +55,7 @@ class Collator:
         "Print `batch` with `show_batch`, rows named by `row_names`."
         show_batch(self.processor, batch, rows, width, names=self.row_names(batch))
 
+# %% ../nbs/03a_batches.ipynb #877df8dc
 class SFTCollator(Collator):
     "Plain SFT: `{image, prompt, response}` records -> `build_batch` output."
     def __call__(self, records) -> dict: return self.build([self.example(r) for r in records])

@@ -80,6 +80,7 @@ class RunConfig:
             raise ConfigError(f"{type(self).__name__}: max_image_pixels must be > 0, or null for no limit")
         check_run_settings(self)
 
+# %% ../nbs/07a_experiment.ipynb #df2573fe
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt")
 
 def check_run_settings(cfg: RunConfig):
@@ -161,6 +162,7 @@ def repo_path(p: str | None) -> Path | None:
     "Relative paths in params files are relative to the repository root (notebooks run from `nbs/`)."
     return None if p is None else Path(p) if Path(p).is_absolute() else repo_root()/p
 
+# %% ../nbs/07a_experiment.ipynb #c5af6401
 def cached_dir(d: Path, build: Callable[[Path], dict]) -> Path:
     "`d`, built once by `build(tmp_dir) -> info` into a sibling temp folder and renamed; `d/done.json` marks it complete."
     d = Path(d)
@@ -213,6 +215,7 @@ def input_key(cfg: RunConfig) -> dict:
     inp = input_options(cfg)
     return dict(inp=inp) if inp != dict(max_image_tokens=None, image_preprocess="pad", prompt_format="chat") else {}
 
+# %% ../nbs/07a_experiment.ipynb #1913af1a
 def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, trainable: dict | None = None) -> Path:
     "Train (once, cached) the baseline on `records` with `method` (default SFT); return the saved model's folder."
     from mllm_nle import models, train

@@ -101,6 +101,7 @@ def _meteor():
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
+# %% ../nbs/04_metrics.ipynb #7acd8577
 def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
                    metrics: Iterable[str] = ("bleu", "meteor", "rouge", "cider", "spice"),
                    tokenizer: str = "ptb") -> dict:

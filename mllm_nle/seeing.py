@@ -141,6 +141,7 @@ def untrained_backbone(cfg: SeeingConfig) -> models.Backbone:
     dev, _ = pick_device(cfg.device)
     return models.Backbone(model.to(dev).eval(), proc, cfg.family, None)
 
+# %% ../nbs/02a_seeing.ipynb #26e6b75a
 def token_grid(image_size: int) -> int:
     "Side of the visual-token grid the LLM sees (both families: one token per 28 px): 3 at 84 px."
     return image_size // 28

@@ -153,6 +153,7 @@ METHODS: dict[str, Callable[..., Method]] = {}
 METHOD_DATA: dict[str, str] = {}        # method name -> the `data.load_records` format its records come in
 METHOD_PREPARE: dict[str, Callable] = {}  # method name -> prepare(records, **method options) -> records, run once on the dataset
 
+# %% ../nbs/07_train.ipynb #f1a3fa35
 def register_method(name: str, data: str | None = None, prepare: Callable | None = None):
     """Decorator adding a `Method` factory to `METHODS`, its records' format to `METHOD_DATA`, and a `prepare` step
     that a method needs on the whole dataset before training (e.g. negatives drawn from all records) to `METHOD_PREPARE`."""
@@ -221,6 +222,7 @@ def checkpoint_problem(ckpt) -> str | None:
         if p.stat().st_size != size: return f"{name} has {p.stat().st_size} bytes, {size} when it was saved"
     return None
 
+# %% ../nbs/07_train.ipynb #301ba461
 def last_complete_checkpoint(output_dir, warn: bool = True) -> tuple[Path | None, list[Path]]:
     "`(newest complete checkpoint-N in output_dir or None, the torn ones newer than it)`; each torn one is logged."
     ckpts = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) is not None),
@@ -241,8 +243,6 @@ def set_aside(ckpts) -> list[Path]:
         if dst.exists(): shutil.rmtree(dst)
         os.replace(c, dst); out.append(dst)
     return out
-
-
 
 # %% ../nbs/07_train.ipynb #89d6a5f2
 def _same(a, b) -> bool:
@@ -272,6 +272,7 @@ def _adapter_shapes(model) -> dict:
 
 _SIZE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads")
 
+# %% ../nbs/07_train.ipynb #16035c35
 def check_checkpoint_fits(model, ckpt) -> None:
     "Raise a `CheckpointError` naming what differs when `ckpt` was written for another base model, LoRA config or tensor shapes."
     ckpt = Path(ckpt); diffs = []
@@ -299,8 +300,6 @@ def check_checkpoint_fits(model, ckpt) -> None:
     if mm is not None and f.exists():
         diffs = _shape_diffs(f, {k: tuple(v.shape) for k, v in mm.state_dict().items()})
         if diffs: raise CheckpointError(f"{f}: the method's extra modules do not fit: " + "; ".join(diffs[:3]))
-
-
 
 # %% ../nbs/07_train.ipynb #9b1b4a5b
 class BatchTooLargeError(RuntimeError):
@@ -469,6 +468,7 @@ def _append_lines(f, rows):
     "Append JSON lines in one write, then flush and fsync: a kill leaves whole lines, and at most one cut line."
     f.write("".join(json.dumps(r) + "\n" for r in rows)); f.flush(); os.fsync(f.fileno())
 
+# %% ../nbs/07_train.ipynb #a91bbcc6
 def _read_partial(part: Path, header: dict) -> dict:
     "`{id: {sum, mean}}` finished by an interrupted run into `part` (a cut last line dropped); {} if it is another run's."
     if not part.exists(): return {}
@@ -530,6 +530,7 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
     part.unlink(missing_ok=True)
     return path
 
+# %% ../nbs/07_train.ipynb #855753b4
 def attach_reference_logps(records: list, path, reduce: str = "sum") -> list:
     "Copies of `records` with their stored reference log-probs: `ref_chosen_logp`/`ref_rejected_logp` or `ref_logps`."
     if reduce not in ("sum", "mean"): raise ConfigError(f"reduce must be 'sum' or 'mean', got {reduce!r}")

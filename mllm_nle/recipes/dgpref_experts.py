@@ -199,6 +199,7 @@ def _device(device=None):
     from mllm_nle.core import pick_device
     return pick_device(device)
 
+# %% ../../nbs/09b_dgpref_experts.ipynb #34d00450
 class OWLViTExpert(Expert):
     "OWL-ViT boxes for object, count, scale and spatial checks (google/owlvit-large-patch14 in the release)."
     name, aspects = "owlvit", ("object", "count", "scale", "spatial")
@@ -392,6 +393,7 @@ def tiny_blip2(out_dir, seed: int = 0) -> Path:
     Blip2ForConditionalGeneration(cfg).save_pretrained(out_dir); proc.save_pretrained(out_dir)
     return Path(out_dir)
 
+# %% ../../nbs/09b_dgpref_experts.ipynb #268a11ab
 def tiny_cola(out_dir, seed: int = 0) -> Path:
     "A tiny random DistilBERT acceptability classifier saved to `out_dir`."
     import torch

@@ -128,6 +128,7 @@ def vqa_records(scenes: dict, images: dict, per_image: int, seed: int = 0) -> li
             if yes + no == per_image: break
     return out
 
+# %% ../../nbs/09c_dgpref_pipeline.ipynb #fcd6db37
 def sft_records(cfg: DGPrefConfig, sets: dict | None = None) -> list[dict]:
     "The baseline's SFT records: world captions (prompts from the world's and the release's caption prompts) + yes/no questions."
     from mllm_nle import data, world_data
@@ -444,6 +445,7 @@ def pipeline_dir(cfg: DGPrefConfig, out) -> Path:
     from mllm_nle.experiment import repo_path
     return (repo_path(cfg.data_run) if cfg.data_run else Path(out))/"pipeline"
 
+# %% ../../nbs/09c_dgpref_pipeline.ipynb #48818701
 def run_data(cfg: DGPrefConfig, out, progress: bool = True) -> dict:
     "Steps 1-5 into `out/pipeline/` (resumable); returns and saves `data_report.json`."
     from mllm_nle.recipes.dgpref_decompose import WorldDecomposer

@@ -39,6 +39,7 @@ class Bench:
     scenes: dict
     root: Path
 
+# %% ../../nbs/09d_dgpref_study.ipynb #e1fc4d59
 def load_bench(cfg: DGPrefConfig, sets: dict | None = None) -> Bench:
     "The world's benchmark folder for `cfg`, or (real data) the benchmark files it names; AMBER generative needs its NLP parts."
     from mllm_nle import amber, data, world_data
@@ -86,6 +87,7 @@ def _generate(cfg, backbone, recs, max_new_tokens) -> list[str]:
     return models.generate(backbone.model, backbone.processor, ex, batch_size=cfg.eval_batch_size,
                            **decoding_settings(max_new_tokens=max_new_tokens)) if ex else []
 
+# %% ../../nbs/09d_dgpref_study.ipynb #3b595726
 def evaluate(cfg: DGPrefConfig, bench: Bench, backbone) -> dict:
     "Every benchmark score of `backbone`: `{summary, rows (one per ObjHal caption), breakdown, pope, amber}`."
     from mllm_nle import amber, metrics
@@ -123,6 +125,7 @@ def evaluate(cfg: DGPrefConfig, bench: Bench, backbone) -> dict:
             for i, (r, c, t) in enumerate(zip(bench.objhal, objhal_caps, truth))]
     return dict(summary=s, rows=rows, breakdown={f"pope_f1[{x}]": p["f1"] for x, p in pope.items()}, pope=pope, amber=am)
 
+# %% ../../nbs/09d_dgpref_study.ipynb #7f79a5af
 def evaluator(cfg: DGPrefConfig, bench: Bench):
     "The experiment layer's `evaluate(backbone)`."
     return lambda backbone: evaluate(cfg, bench, backbone)
@@ -211,6 +214,7 @@ def pair_sources(cfg: DGPrefConfig, out) -> list[str]:
     return [s for s in dict.fromkeys(names) if (pipeline_dir(cfg, out)/f"preferences_{s}.json").exists()
             and load_json(pipeline_dir(cfg, out)/f"preferences_{s}.json")]
 
+# %% ../../nbs/09d_dgpref_study.ipynb #7e89bb58
 def first_step_losses(cfg: DGPrefConfig, out, source: str | None = None, n: int = 16, perturb: float = 0.02) -> dict:
     """The first-step checks above on `n` pairs of `source` (default: the oracle's, else the control's, else any expert's);
     every measured and predicted loss. With no pairs anywhere: `{"skipped": why}`."""

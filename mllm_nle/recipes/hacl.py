@@ -280,6 +280,7 @@ def in_context_image_states(model, hidden: torch.Tensor, lm: dict) -> torch.Tens
     rows = [idx.index(k) for k in range(max(idx) + 1)]
     return hidden[torch.tensor(rows, device=hidden.device), last[rows]]
 
+# %% ../../nbs/10_hacl.ipynb #69a84c18
 def hacl_features(model, batch: dict, lm: bool = True, contrastive: bool = True, image_repr: str = "separate",
                   add_eos: bool = False) -> dict:
     "`logps` (LM rows), `image` (distinct images), `captions` and `hallucinated` (text states) for one HACL batch."

@@ -52,6 +52,7 @@ _RELATION_WORDS = {"to the left of": "to the right of", "to the right of": "to t
                    "on top of": "underneath", "underneath": "on top of", "under": "on", "in front of": "behind", "behind": "in front of",
                    "inside": "outside", "outside": "inside", "near": "far from", "far from": "near"}
 
+# %% ../../nbs/10a_hacl_data.ipynb #2c25e278
 def coco_amber_vocabulary(amber_root=None) -> Vocabulary:
     "COCO categories and synonyms (`metrics.COCO_SYNONYMS`) plus AMBER's objects (`relation.json`), with common attributes and relations."
     from mllm_nle.core import shared_data

@@ -65,6 +65,7 @@ def retrieval_scores(model, processor, items: list[dict], head=None, image_repr:
     mean = lambda k: float(np.mean([r[k] for r in rows])) if rows and rows[0][k] is not None else None
     return dict(summary={"r1_raw": mean("r1_raw"), "r1_heads": mean("r1_heads"), "r1_lm": mean("r1_lm")}, rows=rows, n=len(rows))
 
+# %% ../../nbs/10b_hacl_eval.ipynb #f832ca00
 def retrieval_probe(cfg: HACLConfig, data: HACLData, processor):
     "The training-time probe (`hacl.with_probe`): retrieval on the first `cfg.probe_size` held-out items."
     items = data.probe[:cfg.probe_size]
@@ -111,6 +112,7 @@ def caption_scores(cfg, data: HACLData, backbone) -> dict:
         summary |= dict(claim_hallucination=n_false / n_parsed if n_parsed else None, unparsable_sentences=1 - n_parsed / n_sent if n_sent else None)
     return dict(summary=summary, rows=rows)
 
+# %% ../../nbs/10b_hacl_eval.ipynb #17d65186
 def pope_eval(cfg, data: HACLData, backbone) -> dict:
     "POPE per mode (accuracy, precision, recall, F1, yes-ratio) and their mean over modes."
     from mllm_nle import metrics
@@ -260,6 +262,7 @@ def negatives_table(negatives: dict | None) -> str:
     rows += [[t, v["n"], f"{v['hallucinated_rate']:.3f}"] for t, v in negatives["by_type"].items()]
     return markdown_table(["edit type", "negatives", "really hallucinated"], rows)
 
+# %% ../../nbs/10b_hacl_eval.ipynb #6861b977
 def retrieval_figure(logs: dict, path=None, keys=("probe/r1_raw", "probe/r1_heads", "probe/r1_lm")):
     "The retrieval probe over training steps: one panel per measure, one line per arm (mean over seeds, band = min..max)."
     import matplotlib.pyplot as plt

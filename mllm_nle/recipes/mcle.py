@@ -152,6 +152,7 @@ def load_mcle_data(cfg: MCLEConfig) -> MCLEData:
     if cfg.max_test: test = test[:cfg.max_test]
     return MCLEData(train, test, scenes, source, {"train": rtrain, "test": rtest}, train_key, level_notes(cfg, train, source))
 
+# %% ../../nbs/08_mcle.ipynb #cb788957
 def level_notes(cfg: MCLEConfig, train: list, source: str) -> list[str]:
     "A loud warning (logged, and returned for the results) when multilevel MCLE meets a file whose negatives carry no `level`."
     multi = [v for v in [cfg.variant, *cfg.compare_variants] if v.startswith("multilevel")]

@@ -254,6 +254,7 @@ def _add_tensor_noise(self: MCMDPOCollator, b: dict, seeds: list):
         sl = slice(starts[i], starts[i + 1])
         pv[sl] = add_diffusion_noise(pv[sl] if layout else pv[sl][0], s, self.noise_step, layout).reshape(pv[sl].shape)
 
+# %% ../../nbs/11_mcmdpo.ipynb #49dd02a6
 @patch
 def __call__(self: MCMDPOCollator, records) -> dict:
     if not records: raise ValueError("MCMDPOCollator: no records")

@@ -47,6 +47,7 @@ def synthetic_alttext(cfg: MCMDPOConfig) -> Path:
         return {"n_train": cfg.n_train, "n_test": cfg.n_test}
     return cached_dir(d, build)
 
+# %% ../../nbs/11a_mcmdpo_experiment.ipynb #bfc5f416
 def load_alttext_data(cfg: MCMDPOConfig) -> AltTextData:
     "Training records (with their context negatives) and test records for `cfg`; scenes on the synthetic world."
     from mllm_nle import data, world_data
@@ -188,6 +189,7 @@ def decoding(cfg: MCMDPOConfig) -> dict:
     from mllm_nle.inputs import decoding_settings
     return {decoding_name(b): decoding_settings(max_new_tokens=cfg.max_new_tokens, num_beams=b) for b in cfg.num_beams}
 
+# %% ../../nbs/11a_mcmdpo_experiment.ipynb #86de2014
 def evaluator(cfg: MCMDPOConfig, data: AltTextData):
     "The experiment layer's `evaluate(backbone)`: every decoding of `cfg.num_beams`, scored."
     from mllm_nle import models
@@ -297,6 +299,7 @@ def ablation_table(parts: dict, decoding: str = "greedy", keys=HEADLINE_KEYS) ->
     cols = [f"{decoding}/{k}" for k in keys]
     return markdown_table(["arm", *keys], [[n, *(_cell(m, c) for c in cols)] for n, m in rows if m is not None])
 
+# %% ../../nbs/11a_mcmdpo_experiment.ipynb #f871ecfc
 def paradigm_table(cfg: MCMDPOConfig, parts: dict, decoding: str = "greedy", keys=HEADLINE_KEYS, arm: str = "mcm_dpo") -> str:
     "Per paradigm: the vision tower in each stage, its SFT baseline and `arm` (mean ± std over seeds)."
     rows = []
