@@ -171,8 +171,8 @@ def prepare_records(name: str, records: list, **method_kw) -> list:
 # %% ../nbs/07_train.ipynb #ce12fd72
 def get_method(name: str, **kw) -> Method:
     "Build the registered method `name` with options `kw` (an unknown option is an error naming it)."
-    if name not in METHODS: raise ConfigError(f"unknown method {name!r}; registered: {sorted(METHODS)} "
-                                              "(recipes register theirs when mllm_nle.recipes is imported)")
+    if name not in METHODS: import mllm_nle.recipes        # registers the recipes' methods; here, since the recipes import this module
+    if name not in METHODS: raise ConfigError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     check_kwargs(METHODS[name], kw, f"method {name!r}")
     return METHODS[name](**kw)
 
