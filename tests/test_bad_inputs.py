@@ -267,3 +267,10 @@ def test_mcle_method_defaults_to_the_config_default():
     "`get_method('mcle')` (what the CLI builds with no --method_kw) is MCLEConfig's default variant, not the released one."
     m = T.get_method("mcle")
     assert m.name == f"mcle-{mcle.MCLEConfig().variant}" == "mcle-multilevel" and m.loss_kwargs["variant"] == "multilevel"
+
+
+def test_dgpref_refuses_a_seed_it_would_ignore():
+    "A DGPref run trains each seed of `seeds`; `-p seed 3` used to be accepted and silently ignored."
+    from mllm_nle.recipes import dgpref
+    with pytest.raises(ConfigError, match="`seed` is not used"): dgpref.DGPrefConfig(seed=3)
+    assert dgpref.DGPrefConfig(seeds=[3]).seeds == [3]

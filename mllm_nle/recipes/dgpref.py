@@ -109,6 +109,7 @@ class DGPrefConfig(RunConfig):
         if self.reference not in ("batch", "live", "none"): raise ConfigError(f"{name}: reference must be batch|live|none, got {self.reference!r}")
         if self.loss_type not in ("sigmoid", "ipo"): raise ConfigError(f"{name}: loss_type must be sigmoid|ipo, got {self.loss_type!r}")
         if not self.beta > 0: raise ConfigError(f"{name}: beta must be > 0 (IPO divides by 2 beta), got {self.beta}")
+        if self.seed != 0: raise ConfigError(f"{name}: a DGPref run trains every seed of `seeds` (a list); `seed` is not used, got {self.seed}")
         bad = [a for a in self.aspects if a not in ASPECTS]
         if bad: raise ConfigError(f"{name}: unknown aspect(s) {bad}; known: {ASPECTS}")
         bad = [a for a in self.arms if a not in ARM_NAMES]
