@@ -19,6 +19,7 @@ from .recipes.dgpref import DGPrefConfig          # importing the recipes regist
 from .recipes.hacl import HACLConfig
 from .recipes.mcle import MCLEConfig
 from .recipes.mcmdpo import MCMDPOConfig
+from . import data, models
 
 log = get_logger("mllm_nle.cli")
 
@@ -51,7 +52,6 @@ def train_cli(method: Param("registered method: sft, mcle, dpo, mcm_dpo, hacl", 
               resume: Param("checkpoint folder to resume from, or 'last'", str) = None,
               seed: Param("seed for weights and data order", int) = 0):
     "Train `method` on `records` and save the adapter under `out/adapter`."
-    from mllm_nle import data, models
     opts = json.loads(method_kw)
     m = get_method(method, **opts)
     bb = models.resolve_backbone(backbone, max_image_tokens=max_image_tokens or None)

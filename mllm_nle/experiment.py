@@ -14,6 +14,13 @@ import numpy as np
 from .core import ConfigError, get_logger, load_config, load_json, load_jsonl, repo_root, save_json, save_jsonl
 from .core import save_safetensors, seed_everything
 from .data import MAX_IMAGE_PIXELS
+from . import data, inputs
+from . import inputs
+from . import models
+from . import models, train
+from . import plots
+from . import realshape
+from .train import make_training_args
 
 log = get_logger("mllm_nle.experiment")
 
@@ -85,7 +92,6 @@ LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine
 
 def check_run_settings(cfg: RunConfig):
     "Range checks of the schedule, cache and input settings (`RunConfig.__post_init__` runs them)."
-    from mllm_nle import inputs
     name = type(cfg).__name__
     for k in ("lr_scheduler", "sft_lr_scheduler"):
         if getattr(cfg, k) not in LR_SCHEDULERS: raise ConfigError(f"{name}: {k} must be one of {LR_SCHEDULERS}, got {getattr(cfg, k)!r}")
@@ -183,7 +189,6 @@ def cached_dir(d: Path, build: Callable[[Path], dict]) -> Path:
 def training_args(cfg: RunConfig, out_dir, steps: int, lr: float, batch_size: int, seed: int, epochs: float | None = None,
                   scheduler: str | None = None):
     "The `TrainingArguments` for one stage (steps > 0 wins over epochs; `scheduler` default: the arms' `lr_scheduler`)."
-    from mllm_nle.train import make_training_args
     return make_training_args(out_dir, max_steps=steps if steps > 0 else -1, num_train_epochs=epochs or 1.0,
                               learning_rate=lr, per_device_train_batch_size=batch_size,
                               gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
@@ -197,7 +202,6 @@ def input_options(cfg: RunConfig) -> dict:
 
 def load_model(cfg: RunConfig, spec=None):
     "The backbone `spec` (default `cfg.backbone`) on `cfg.device`, with the config's input settings."
-    from mllm_nle import models
     return models.resolve_backbone(str(spec if spec is not None else cfg.backbone), cfg.device, **input_options(cfg))
 
 def collator_options(cfg: RunConfig) -> dict:
@@ -218,7 +222,6 @@ def input_key(cfg: RunConfig) -> dict:
 # %% ../nbs/07a_experiment.ipynb #1913af1a
 def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, trainable: dict | None = None) -> Path:
     "Train (once, cached) the baseline on `records` with `method` (default SFT); return the saved model's folder."
-    from mllm_nle import models, train
     if cfg.sft_steps <= 0: return Path(cfg.backbone)
     method = method or train.get_method("sft")
     if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
@@ -265,7 +268,6 @@ def lora_options(cfg: RunConfig) -> dict:
 
 def train_arm(cfg: RunConfig, base: Path | None, arm: Arm, out_dir: Path, seed: int | None = None) -> dict:
     "LoRA-train `arm` from `base` for `cfg.steps` (or `arm.steps`); save its adapter and log; return them with the trained backbone."
-    from mllm_nle import models, train
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     bb = _base_backbone(cfg, arm.base if arm.base is not None else base)
@@ -300,11 +302,9 @@ def start_model(cfg: RunConfig, base: Path | None) -> dict:
 def processor_of(cfg: RunConfig, spec=None):
     "The processor of model `spec` (default `cfg.backbone`) with the config's input settings; a real checkpoint's weights are not loaded."
     from transformers import AutoProcessor
-    from mllm_nle import inputs
     spec = str(spec if spec is not None else cfg.backbone)
     if spec.startswith("tiny:"): return load_model(cfg, spec).processor
     if spec.startswith("realshape:"):
-        from mllm_nle import realshape
         spec = str(realshape.spec_path(spec))
     proc = AutoProcessor.from_pretrained(spec)
     inputs.cap_image_tokens(proc, cfg.max_image_tokens)
@@ -312,7 +312,6 @@ def processor_of(cfg: RunConfig, spec=None):
 
 def image_token_preflight(cfg: RunConfig, records: list, processor, out: Path | None = None, what: str = "training records") -> dict:
     "Image tokens per record (from image headers) through `processor`: `{n, min, median, max, total, max_image_tokens}`, logged (and saved)."
-    from mllm_nle import data, inputs
     sizes: dict = {}
     for r in records:
         p = r.get("image")
@@ -427,19 +426,16 @@ def paired_table(paired: list[dict]) -> str:
 # %% ../nbs/07a_experiment.ipynb #9e85bc22
 def loss_figure(logs: dict, name: str, path=None, exclude=("train_loss",)):
     "Loss curves of model `name` (one panel per logged term; `train_loss` is the run's mean, a single point)."
-    from mllm_nle import plots
     terms = [k for k in plots.loss_series(logs[name]) if k not in exclude]
     return plots.plot_loss_curves(logs[name], keys=terms or None, title=name, path=path)
 
 def metric_bars(results: dict, keys, path=None, title=None):
     "Bars of `summary[k]` per model (one evaluation each) for the `keys` every model has."
-    from mllm_nle import plots
     keys = [k for k in keys if all(r["summary"].get(k) is not None for r in results.values())]
     return plots.plot_metric_bars({m: {k: r["summary"][k] for k in keys} for m, r in results.items()}, metrics=keys,
                                   title=title, path=path)
 
 def study_bars(summary: dict, keys, path=None, title=None):
     "Bars of mean ± std over seeds per model."
-    from mllm_nle import plots
     return plots.plot_metric_bars({m: {k: v[k]["values"] for k in keys if k in v} for m, v in summary.items()},
                                   metrics=keys, title=title, path=path)

@@ -15,6 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .core import pick_device, seed_everything
 from . import inputs
+from .world_data import corpus_sentences
 
 # %% auto #0
 __all__ = ['FAMILIES', 'INPUT_OPTIONS', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIAL_TOKENS',
@@ -146,7 +147,6 @@ Please describe the objects, their colours, sizes and positions. Two birds fly a
 def tokenizer_corpus(n: int = 2000, seed: int = 0) -> list[str]:
     "Sentences for the tiny tokenizers: the synthetic world's corpus (when available) plus general English."
     try:
-        from mllm_nle.world_data import corpus_sentences
         world = list(corpus_sentences(n=n, seed=seed))
     except ImportError: world = []
     return world + [s.strip() for s in _ENGLISH.splitlines() if s.strip()] * 4

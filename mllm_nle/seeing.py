@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import models, world
 from .core import ConfigError, get_logger, load_config, pick_device, seed_everything
+from .plots import save_figure
 
 log = get_logger("mllm_nle.seeing")
 
@@ -537,7 +538,6 @@ def ablation_figure(results: dict[str, dict], path=None):
     "Grouped bars of accuracy per type, overall accuracy and consistency per arm (replicates: mean bar + dots)."
     import re
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     keys = [*TYPES, "overall", "consistency"]
     arms: dict[str, list] = {}
     for name, r in results.items():

@@ -14,6 +14,11 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .core import get_logger, load_json, save_json, DataFileError, ConfigError
+from . import models
+from . import world
+from .batches import SFTCollator
+from .core import save_safetensors
+from .models import autocast_for
 
 log = get_logger("mllm_nle.train")
 
@@ -57,7 +62,6 @@ FEATURES = ("logps", "text", "prompt", "image", "image_llm")
 
 def compute_features(model, batch: dict, needs, **feature_kw) -> dict:
     "Compute each of `needs` (`'[subbatch:]feature'`) on `batch` with one `models.forward_features` pass per sub-batch."
-    from mllm_nle import models
     by_key: dict = {}
     for need in needs:
         optional, need = need.startswith("?"), need.lstrip("?")
@@ -84,17 +88,14 @@ def _adapter_disabled(model):
 
 def reference_logps(model, batch: dict):
     "Sequence log-probs of the base model (adapters disabled), without gradients."
-    from mllm_nle import models
     with torch.no_grad(), _adapter_disabled(model): return models.sequence_logps(model, batch)
 
 def _adapters_outside_llm(model) -> bool:
-    from mllm_nle import models
     return any("lora_" in n and models.module_part(n) != "llm" for n, _ in model.named_parameters())
 
 def policy_and_reference_logps(model, batch: dict):
     """`(policy, reference)` sequence log-probs sharing one vision pass: when no adapter sits in the
     vision tower or projector, disabling the adapters leaves the image features unchanged."""
-    from mllm_nle import models
     if _adapters_outside_llm(model): return models.sequence_logps(model, batch), reference_logps(model, batch)
     feats = models.image_features(model, batch)
     def run(f):
@@ -331,8 +332,6 @@ class CheckpointingTrainer(Trainer):
     complete checkpoint that fits the model, and a method's own modules (`model.method_modules`) are saved and restored."""
     def _save(self, output_dir=None, state_dict=None):
         "The Trainer's save; beside a LoRA adapter also the weights trained whole (`models.TRAINED_PARTS`), and the method's modules."
-        from mllm_nle import models
-        from mllm_nle.core import save_safetensors
         super()._save(output_dir, state_dict)
         out, inner = Path(output_dir or self.args.output_dir), self.accelerator.unwrap_model(self.model)
         parts = models.trained_parts_state(inner) if hasattr(inner, "peft_config") else {}
@@ -377,7 +376,6 @@ class CheckpointingTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from safetensors.torch import load_file
-        from mllm_nle import models
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         ckpt, inner = Path(resume_from_checkpoint), self.accelerator.unwrap_model(model or self.model)
         if (ckpt / models.TRAINED_PARTS).exists():
@@ -411,7 +409,6 @@ class MethodTrainer(CheckpointingTrainer):
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from mllm_nle.models import autocast_for
         inner = self.accelerator.unwrap_model(model)
         with autocast_for(inner):   # fp32 trained parts on a bf16 base: the Trainer's autocast wraps model.forward, which we bypass
             loss, metrics = self.method(model, inputs) if inner is model else _inside_wrapper(model, inner, self.method, inputs)
@@ -492,7 +489,6 @@ def _read_partial(part: Path, header: dict) -> dict:
 def precompute_reference_logps(model, records: list, collator, out_path, batch_size: int = 8, device=None) -> Path:
     """Run the base model (adapters disabled when present) over `records`; save `{id: {sum: [..], mean: [..]}}` as JSON.
     Resumable: finished batches go to `<out_path>.partial.jsonl`, which a re-run after a crash continues."""
-    from mllm_nle import models
     from tqdm.auto import tqdm
     device = device or next(model.parameters()).device
     ids = [r.get("id") for r in records]
@@ -549,7 +545,6 @@ def build_trainer(method: Method, backbone, train_records: list, args: TrainingA
                   collator_kw: dict | None = None) -> MethodTrainer:
     """A `MethodTrainer` for `method` on `backbone` (LoRA added with `lora` options unless already a peft model);
     `collator_kw` are options of the method's own collator (e.g. `max_image_pixels`)."""
-    from mllm_nle import models
     model = backbone.model
     if not hasattr(model, "peft_config"): model = backbone.model = models.add_lora(model, **(lora or {}))
     if method.reference == "live" and not hasattr(model, "disable_adapter"):
@@ -585,14 +580,12 @@ def _sft_loss(mean_logps, weights=None):
 @register_method("sft", data="llava")
 def sft_method(weighted: bool = False) -> Method:
     "Supervised fine-tuning on responses (`weighted`: multiply each row by its record weight)."
-    from mllm_nle.batches import SFTCollator
     return Method("sft", _sft_loss, lambda b, f: dict(mean_logps=f["logps"].mean, weights=b.get("weights") if weighted else None),
                   collator=SFTCollator)
 
 # %% ../nbs/07_train.ipynb #3cb3fbd8
 def toy_images(n: int, out_dir, seed: int = 0, size: int = 56) -> list:
     "`n` synthetic-world `(scene, image path)` pairs, the images rendered once into `out_dir/images`."
-    from mllm_nle import world
     (img_dir := Path(out_dir) / "images").mkdir(parents=True, exist_ok=True)
     out = []
     for sc in world.make_scenes(n, seed=seed, prefix="toy"):

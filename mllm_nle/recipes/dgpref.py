@@ -9,10 +9,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .. import world
 from ..core import ConfigError
 from ..batches import Collator
 from ..experiment import RunConfig
 from ..train import Method, batch_reference_logps, register_method, toy_answer, toy_images
+from .. import losses
 
 # %% auto #0
 __all__ = ['SUPPORTED', 'REFUTED', 'DROPPED', 'ABSENT', 'VERDICTS', 'ASPECTS', 'DEFAULT_ASPECTS', 'EXPERT_NAMES', 'ARM_NAMES',
@@ -134,8 +136,8 @@ class DGPrefConfig(RunConfig):
     def expert_names(self) -> list[str]:
         "The experts the data notebook runs: oracle, one noisy oracle per noise level, the VQA expert, the real experts."
         real = self.owlvit_model or self.blip2_model or self.easyocr_dir
-        world = [] if self.pool_images else ["oracle", *[noisy_name(n) for n in self.noise_levels]]
-        return [*world, *(["vqa"] if self.vqa_expert else []), *(["real"] if real else [])]
+        oracles = [] if self.pool_images else ["oracle", *[noisy_name(n) for n in self.noise_levels]]
+        return [*oracles, *(["vqa"] if self.vqa_expert else []), *(["real"] if real else [])]
 
 # %% ../../nbs/09_dgpref.ipynb #7ba81b12
 def noisy_name(noise: float) -> str:
@@ -166,7 +168,6 @@ class PreferenceCollator(Collator):
 @register_method("dpo", data="preferences")
 def dpo_method(loss_type: str = "sigmoid", beta: float = 0.1, reference: str = "live", **loss_kw) -> Method:
     "DPO family (sigmoid, IPO; `length_normalized`, `sft_weight`, `official_dgpref`) with a live, precomputed or no reference."
-    from mllm_nle import losses
     if not beta > 0: raise ConfigError(f"dpo: beta must be > 0 (the margin is scaled by beta; IPO divides by 2 beta), got {beta}")
     def inputs(b, f):
         lp, n = f["logps"], int(b["n_pairs"])
@@ -202,7 +203,6 @@ def build_preference_pairs(scores: list[float], min_gap: float = 0.3) -> list[tu
 # %% ../../nbs/09_dgpref.ipynb #8d00763e
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` preference records `{id, image, prompt, chosen, rejected}` on synthetic-world images saved in `out_dir`."
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(n, out_dir, seed, size)):
         q, good = toy_answer(sc)

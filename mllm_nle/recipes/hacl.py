@@ -17,6 +17,10 @@ from ..batches import Collator, stable_seed, text_batch
 from ..experiment import RunConfig
 from ..losses import HACLHead, hacl_loss
 from ..train import Method, register_method, toy_images
+from .. import models
+from .. import world
+from ..batches import show_batch
+from ..models import hf_model
 
 log = get_logger("mllm_nle.recipes.hacl")
 
@@ -139,7 +143,6 @@ class HACLCollator(Collator):
 
     def show(self, batch: dict, rows=None, width: int = 220):
         "Print the LM rows, then the captions and hallucinated captions read alone."
-        from mllm_nle.batches import show_batch
         show_batch(self.processor, batch["lm"], rows, width, names=self.row_names(batch))
         for k in ("captions", "hallucinated"):
             if len(batch[k]["input_ids"]): show_batch(self.processor, batch[k], None, width, names=[f"{k} #{i}" for i in range(len(batch[k]["input_ids"]))])
@@ -270,7 +273,6 @@ def merge_text_batches(a: dict, b: dict) -> dict:
 
 def in_context_image_states(model, hidden: torch.Tensor, lm: dict) -> torch.Tensor:
     "The LM pass's hidden state at each distinct image's last visual token (first row showing it): `[n_images, H]`."
-    from mllm_nle.models import hf_model
     cfg = hf_model(model).config
     img_id = cfg.image_token_id if getattr(cfg, "image_token_id", None) is not None else cfg.image_token_index
     ids = lm["input_ids"].to(hidden.device)
@@ -284,7 +286,6 @@ def in_context_image_states(model, hidden: torch.Tensor, lm: dict) -> torch.Tens
 def hacl_features(model, batch: dict, lm: bool = True, contrastive: bool = True, image_repr: str = "separate",
                   add_eos: bool = False) -> dict:
     "`logps` (LM rows), `image` (distinct images), `captions` and `hallucinated` (text states) for one HACL batch."
-    from mllm_nle import models
     with models.autocast_for(model):   # fp32 trained parts on a bf16 base
         b, out = batch["lm"], {}
         if image_repr == "in_context":
@@ -307,7 +308,6 @@ def hacl_features(model, batch: dict, lm: bool = True, contrastive: bool = True,
 # %% ../../nbs/10_hacl.ipynb #f8b32406
 def llm_hidden_size(model) -> int:
     "The language model's hidden size (for HACL's projection heads)."
-    from mllm_nle import models
     cfg = models.hf_model(model).config
     return getattr(cfg, "text_config", cfg).hidden_size
 
@@ -397,7 +397,6 @@ def with_probe(method: Method, probe, every: int, grad_accum: int = 1) -> Method
 # %% ../../nbs/10_hacl.ipynb #bb6c198e
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` HACL records (a true caption and one hallucinated twin) on synthetic-world images saved in `out_dir`."
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(n, out_dir, seed, size)):
         o = sc.objects[0]; wrong = rng.choice([c for c in world.COLOURS if c != o.colour])

@@ -18,6 +18,16 @@ from ..experiment import (Arm, RunConfig, cache_root, cached_dir, config_key, fi
                                  summary_table, train_baseline)
 from ..losses import MCLE_VARIANTS
 from ..train import Method, get_method, register_method, toy_answer, toy_images
+from .. import losses
+from .. import metrics
+from .. import models
+from .. import plots
+from .. import world
+from .. import world_data
+from ..data import open_image
+from ..experiment import loss_figure, metric_bars
+from ..inputs import decoding_settings
+from ..metrics import ConsistencyMatrix
 
 log = get_logger("mllm_nle.recipes.mcle")
 
@@ -96,7 +106,6 @@ _VARIANT_OPTIONS = {"official": (), "bounded": ("eps",),
 @register_method("mcle", data="mcle_train")
 def mcle_method(variant: str = "multilevel", features: bool = False, image_feature: str = "image_llm", **loss_kw) -> Method:
     "MCLE: `official` (signed ratio x NLL), `bounded` (unlikelihood) or `multilevel` (level margins; `features`: + InfoNCE terms)."
-    from mllm_nle import losses
     if variant not in MCLE_VARIANTS: raise ConfigError(f"mcle variant {variant!r} not in {MCLE_VARIANTS}")
     bad = sorted(set(loss_kw) - set(_VARIANT_OPTIONS[variant]))
     if bad: raise ConfigError(f"mcle variant {variant!r}: unknown loss option(s) {bad}; valid: {list(_VARIANT_OPTIONS[variant])}")
@@ -125,7 +134,6 @@ class MCLEData:
 
 def synthetic_vqax(cfg: MCLEConfig) -> Path:
     "Write (once, cached) the synthetic VQA-X-like files for `cfg`'s data settings; return their folder."
-    from mllm_nle import world_data
     split = {} if cfg.test_split == "standard" else {"split": cfg.test_split}
     d = cache_root(cfg)/"world"/f"vqax-{config_key(n=cfg.n_train, t=cfg.n_test, s=cfg.image_size, seed=cfg.data_seed, **split)}"
     def build(tmp):
@@ -137,7 +145,7 @@ def synthetic_vqax(cfg: MCLEConfig) -> Path:
 
 def load_mcle_data(cfg: MCLEConfig) -> MCLEData:
     "Training and test records (and scenes on the synthetic world) for `cfg`."
-    from mllm_nle import data, world
+    from mllm_nle import data, world   # here: `data` is also this module's name for an MCLEData argument
     if cfg.train_file is None:
         d = synthetic_vqax(cfg)
         train_file, test_file, root, source = d/"train.json", d/"test.json", d, f"synthetic world ({d.name}, {cfg.test_split} test split)"
@@ -200,20 +208,16 @@ SUMMARY_KEYS = ("accuracy", "consistency", "consistency_judged", "explanation_tr
 
 def generate_explanations(cfg: MCLEConfig, backbone, data: MCLEData) -> list[str]:
     "Greedy outputs of `backbone` for every test item."
-    from mllm_nle import models
-    from mllm_nle.data import open_image
     examples = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r["image"], prompt=r["prompt"]) for r in data.test]
     return models.generate(backbone.model, backbone.processor, examples, batch_size=cfg.eval_batch_size, progress=True,
                            **decoding(cfg))
 
 def decoding(cfg: MCLEConfig) -> dict:
     "The evaluation's decoding settings, every one (greedy; recorded in `metrics.json`)."
-    from mllm_nle.inputs import decoding_settings
     return decoding_settings(max_new_tokens=cfg.max_new_tokens)
 
 def accuracy_by_type(questions, correct) -> dict:
     "Synthetic world: answer accuracy per question type. Types that need the image (color, category, exist) show whether a model sees."
-    from mllm_nle import world
     by: dict = {}
     for q, c in zip(questions, correct): by.setdefault((world.parse_question(q) or {}).get("type", "other"), []).append(bool(c))
     return {t: dict(n=len(v), accuracy=sum(v) / len(v)) for t, v in sorted(by.items())}
@@ -221,7 +225,6 @@ def accuracy_by_type(questions, correct) -> dict:
 # %% ../../nbs/08_mcle.ipynb #8b1a56a9
 def _consistency(data: MCLEData, questions, outputs, golds) -> tuple:
     "`(consistency result, judge name, supports per item, explanation truth)`: exact on the world, else the proxy judge."
-    from mllm_nle import metrics
     if data.scenes is not None:
         cons = metrics.world_consistency([data.scenes[r["scene_id"]] for r in data.test], questions, outputs, golds)
         return cons, "exact (scene graph)", [it["supports_answer"] for it in cons["items"]], cons["explanation_truth"]
@@ -230,7 +233,6 @@ def _consistency(data: MCLEData, questions, outputs, golds) -> tuple:
 
 def score_explanations(cfg: MCLEConfig, data: MCLEData, outputs: list[str]) -> dict:
     "NLE metrics, accuracy and consistency of `outputs`; per-item rows for the generations file."
-    from mllm_nle import metrics
     qs, golds = [r["question"] for r in data.test], [r["answer"] for r in data.test]
     nle = metrics.nle_scores(outputs, golds, [r["references"] for r in data.test], metrics=tuple(cfg.nle_metrics))
     cons, judge, supports, truth = _consistency(data, qs, outputs, golds)
@@ -279,8 +281,6 @@ def mcle_table(results: dict) -> str:
 
 # %% ../../nbs/08_mcle.ipynb #78f314e1
 def _consistency_figures(res: dict, fig_dir: Path) -> dict:
-    from mllm_nle import plots
-    from mllm_nle.metrics import ConsistencyMatrix
     figs = {}
     for k, v in res.items():
         m = ConsistencyMatrix(**{f: v["consistency_matrix"][f] for f in ConsistencyMatrix.__dataclass_fields__})
@@ -289,8 +289,6 @@ def _consistency_figures(res: dict, fig_dir: Path) -> dict:
     return figs
 
 def _gallery(run: dict, mcle_name: str, fig_dir: Path):
-    from mllm_nle import plots
-    from mllm_nle.data import open_image
     res, data = run["results"], run["data"]
     n = min(len(data.test), run.get("gallery_size", 6))
     qa = [f"Q: {r['question']}  (gold: {r['answer']})" for r in data.test[:n]]
@@ -301,8 +299,6 @@ def _gallery(run: dict, mcle_name: str, fig_dir: Path):
 
 def mcle_figures(run: dict, out: Path, mcle_name: str | None = None) -> dict:
     "Draw and save the run's figures under `out/figures/`; return `{name: Figure}`."
-    from mllm_nle import plots
-    from mllm_nle.experiment import loss_figure, metric_bars
     res, fig_dir = run["results"], Path(out)/"figures"
     mcle_name = mcle_name or next(k for k in res if k.startswith("mcle_"))
     figs = {"loss_curves": loss_figure(run["logs"], mcle_name, fig_dir/"loss_curves.png"),
@@ -340,7 +336,6 @@ def unpaired_negatives(out: Path, study: dict) -> dict:
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` MCLE records in groups of three (positive, semantic, image) on synthetic-world images saved in `out_dir`."
     import random
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(max(1, -(-n // 3)), out_dir, seed, size)):
         q, pos = toy_answer(sc)

@@ -20,6 +20,9 @@ from ..batches import Collator, stable_seed
 from ..experiment import RunConfig
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from ..train import Method, batch_reference_logps, register_method, toy_answer, toy_images
+from .. import losses
+from .. import models
+from .. import world
 
 # %% auto #0
 __all__ = ['PARADIGMS', 'ARM_SPECS', 'IMAGE_NEGATIVES', 'RELEASE_WEIGHTS', 'CLIP_MEAN', 'CLIP_STD', 'MCMDPOConfig',
@@ -285,7 +288,6 @@ def row_names(self: MCMDPOCollator, batch: dict) -> list[str]:
 # %% ../../nbs/11_mcmdpo.ipynb #bb3ac369
 def _part_modules(model, parts) -> dict:
     "The vision tower / projector modules of either family (the Qwen merger is inside its vision tower)."
-    from mllm_nle import models
     inner = models.hf_model(model).model
     vision = getattr(inner, "vision_tower", None) or getattr(inner, "visual", None)
     projector = getattr(inner, "multi_modal_projector", None) or getattr(vision, "merger", None)
@@ -296,7 +298,6 @@ def _part_modules(model, parts) -> dict:
 
 def weights_outside_adapters(model) -> dict[str, int]:
     "Trainable parameters that are not LoRA adapters, per part (`vision`, `projector`, `llm`)."
-    from mllm_nle import models
     out = dict(vision=0, projector=0, llm=0)
     for n, p in model.named_parameters():
         if p.requires_grad and "lora_" not in n: out[models.module_part(n)] += p.numel()
@@ -304,7 +305,6 @@ def weights_outside_adapters(model) -> dict[str, int]:
 
 def trainable_setup(method: Method, model, train_vision: bool = False, train_projector: bool = False):
     "`Method.setup`: LoRA on the LLM, all weights of the vision tower / projector when asked; refuses a live reference then."
-    from mllm_nle import models
     if method.reference == "live": check_live_reference(train_vision, train_projector, f"method {method.name!r}")
     models.set_trainable(model, vision=train_vision, projector=train_projector, llm=True)
     full = [p for p, n in weights_outside_adapters(model).items() if n]
@@ -328,7 +328,6 @@ def mcm_dpo_method(beta: float = 0.1, reference: str = "live", pool=None, image_
                    noise_space: str = "tensor", seed: int = 0, plain_dpo: bool = False, train_vision: bool = False,
                    train_projector: bool = False, **loss_kw) -> Method:
     "MCM-DPO: one sigmoid over the weighted facet margins (`n_facets`, `per_facet`, `weights`, `norm`), or `plain_dpo`."
-    from mllm_nle import losses
     if not beta > 0: raise ConfigError(f"mcm_dpo: beta must be > 0 (it scales every facet's margin), got {beta}")
     conds = needed_conditions(loss_kw.get("n_facets", 7), plain_dpo)
     def inputs(b, f):
@@ -348,7 +347,6 @@ def mcm_dpo_method(beta: float = 0.1, reference: str = "live", pool=None, image_
 # %% ../../nbs/11_mcmdpo.ipynb #9d20d798
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` MCM-DPO records `{id, image, question, prompt, context, chosen, rejected, context_negative}` on synthetic-world images."
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(n, out_dir, seed, size)):
         q, good = toy_answer(sc)
