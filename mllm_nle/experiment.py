@@ -37,46 +37,46 @@ __all__ = ['log', 'LR_SCHEDULERS', 'START_ROW', 'RunConfig', 'check_run_settings
 class RunConfig:
     "The settings every recipe shares; a recipe's config subclasses it and sets `experiment`."
     experiment: ClassVar[str] = "run"  # outputs/<experiment>/<run_name>/
-    run_name: str = "demo"
+    run_name: str = "demo"   # the run folder: outputs/<experiment>/<run_name>/
     seed: int = 0                      # stage-2 seed (data order, LoRA init, dropout)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])   # a study's seeds
     device: str | None = None          # None: cuda if available, else cpu
-    backbone: str = "tiny:qwen2_5_vl:xs"
+    backbone: str = "tiny:qwen2_5_vl:xs"   # tiny:<family>:<size> (offline), realshape:<kind>, or a local checkpoint folder
     data_seed: int = 0                 # the synthetic data and the baseline's seed
     on_error: str = "raise"            # or "skip": bad records are counted and reported
     max_image_pixels: int | None = MAX_IMAGE_PIXELS   # larger images are refused before decoding (data.open_image); None: no limit
     # stage 1: the baseline, all weights trained (0 steps: the backbone is the baseline)
-    sft_steps: int = 600
-    sft_lr: float = 2e-3
-    sft_batch_size: int = 16
+    sft_steps: int = 600   # baseline optimiser steps (0: the backbone itself is the baseline)
+    sft_lr: float = 2e-3   # the baseline's lr (every weight trained, or all but a frozen vision tower)
+    sft_batch_size: int = 16   # the baseline's per-device batch size
     sft_freeze_vision: bool = False    # keep a pre-trained vision tower fixed in the baseline (the seeing backbones see better so)
     sft_lr_scheduler: str = "cosine"   # the baseline's schedule (LR_SCHEDULERS)
     # stage 2: the arms, LoRA, equal steps
     steps: int = 150                   # 0: train by epochs
-    epochs: float = 1.0
+    epochs: float = 1.0   # the arms' epochs when steps is 0
     lr: float = 5e-4                   # the arms' (LoRA) lr; a release's full-fine-tune lr reused here may be too low for LoRA: tune it
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 8   # the arms' per-device batch size (records per step)
+    grad_accum: int = 1   # gradient accumulation steps of the arms
     warmup_ratio: float = 0.05         # a fraction of the steps (transformers 5: warmup_steps < 1)
     lr_scheduler: str = "cosine"       # the arms' schedule (LR_SCHEDULERS); each recipe defaults to its release's
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = 16   # the arms' LoRA rank
+    lora_alpha: int = 32   # the arms' LoRA alpha (scale alpha / r)
+    lora_dropout: float = 0.05   # dropout on the LoRA inputs
     lora_targets: list[str] | None = None          # the LLM's projections that get adapters (None: all of them)
     lora_on_vision: bool = False                   # adapters in the vision tower too
     lora_vision_targets: list[str] | None = None   # ... on these of its linears (None: all)
-    loss_kwargs: dict = field(default_factory=dict)
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_steps: int = 1000
+    loss_kwargs: dict = field(default_factory=dict)   # extra options of the method's loss, by name (an unknown one is an error)
+    gradient_checkpointing: bool = False   # recompute activations in the backward pass (less memory, slower)
+    logging_steps: int = 10   # log the loss terms every n optimiser steps
+    save_steps: int = 1000   # checkpoint every n optimiser steps (a killed run resumes from the last)
     # the real checkpoints' inputs (models.load_backbone, nbs/01b_inputs.ipynb)
     max_image_tokens: int | None = None   # Qwen: at most this many LM tokens per image (max_pixels: n*28*28); None: the checkpoint's limit
     image_preprocess: str = "pad"      # LLaVA: pad to square in the CLIP mean colour (the releases) | crop (llava-hf's centre crop)
     prompt_format: str = "chat"        # chat (the checkpoint's template) | llava_v1 (LLaVA-1.5's system prompt) | dgpref (DGPref's sampling prompt)
     image_cache_mb: int = 512          # decoded images a collator keeps in memory (per dataloader worker), in MiB of RGB pixels
     # evaluation
-    max_new_tokens: int = 40
-    eval_batch_size: int = 32
+    max_new_tokens: int = 40   # the evaluation's generation length (greedy)
+    eval_batch_size: int = 32   # generation batch size of the evaluation
     cache_dir: str | None = None       # default: outputs/<experiment>/cache
     output_root: str | None = None     # default: outputs/
 

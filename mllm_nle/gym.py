@@ -127,7 +127,7 @@ class GymConfig(RunConfig):
     image_size: int = 84              # every recipe's world images: the seeing backbones' native grid, one token per cell
     sft_lr: float = 1e-3
     sft_freeze_vision: bool = True    # the common base keeps the pre-trained vision tower fixed
-    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
+    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))   # the rows trained (gym.ROWS)
     budget: int = 60_000              # forward–backward tokens per arm (LLM tokens of every row, image tokens included)
     budget_batches: int = 12          # batches collated per arm to measure its tokens per step
     sft_steps: int = 1500             # the common SFT base (cached)
@@ -136,14 +136,14 @@ class GymConfig(RunConfig):
     base_fraction: float = 0.9        # the share of the union a base b > 0 trains on
     lr: float = 5e-4                  # every row's lr when `tune` is off
     tune: bool = True                 # each row picks its lr (and method weight) on the validation split
-    tune_lrs: list[float] = field(default_factory=lambda: [5e-6, 5e-5, 5e-4])
+    tune_lrs: list[float] = field(default_factory=lambda: [5e-6, 5e-5, 5e-4])   # the learning rates each row's first tuning stage tries
     workers: int = 2                  # worker processes, one torch thread each (1: everything in this process)
     logging_steps: int = 5
     n_boot: int = 2000                # bootstrap draws of the CIs
-    mcle: dict = field(default_factory=dict)
-    dgpref: dict = field(default_factory=dict)
-    hacl: dict = field(default_factory=dict)
-    mcmdpo: dict = field(default_factory=dict)
+    mcle: dict = field(default_factory=dict)   # MCLE settings on top of gym.GYM_DEFAULTS['mcle']
+    dgpref: dict = field(default_factory=dict)   # DGPref settings on top of gym.GYM_DEFAULTS['dgpref']
+    hacl: dict = field(default_factory=dict)   # HACL settings on top of gym.GYM_DEFAULTS['hacl']
+    mcmdpo: dict = field(default_factory=dict)   # MCM-DPO settings on top of gym.GYM_DEFAULTS['mcmdpo']
     val: dict = field(default_factory=dict)   # per recipe, settings of the validation split on top of VAL_DEFAULTS
 
     def __post_init__(self):

@@ -45,21 +45,21 @@ class HACLConfig(RunConfig):
     steps: int = 100
     # data: files, or the synthetic world when train_file is None
     train_file: str | None = None      # HACL records (contrastive + plain SFT records, mixed)
-    image_root: str | None = None
+    image_root: str | None = None   # the folder train_file's image paths are relative to
     probe_file: str | None = None      # held-out HACL records for the retrieval diagnostic
     bench_dir: str | None = None       # objhal.jsonl, pope/*.jsonl, amber/ (write_benchmarks' layout)
-    bench_image_root: str | None = None
+    bench_image_root: str | None = None   # the folder the benchmarks' image paths are relative to
     n_train: int = 600                 # synthetic: caption scenes (each also gives `n_vqa` yes/no questions)
-    n_vqa: int = 2
-    n_probe: int = 64
-    n_bench: int = 48
-    image_size: int = 112
+    n_vqa: int = 2   # synthetic: yes/no questions per caption scene
+    n_probe: int = 64   # synthetic: held-out records of the retrieval diagnostic
+    n_bench: int = 48   # synthetic: benchmark scenes (CHAIR, POPE, AMBER)
+    image_size: int = 112   # synthetic images' side in pixels
     # hallucinated captions
     hallucinator: str = "rules"        # world | rules | llm
     n_hallucinated: int = 1            # per caption
     vocabulary: str = "world"          # rules: world | coco_amber
     hallucinator_model: str | None = None   # llm: a local causal LM folder
-    hallucinator_prompt: str = "params/hacl_llm_prompt.txt"
+    hallucinator_prompt: str = "params/hacl_llm_prompt.txt"   # llm hallucinator: its prompt template file
     # the method
     ita_weight: float = 1.0            # λ in L_LM + λ·L_ita (the release's default)
     hallucinated_t2i: bool = False     # hallucinated captions also in the text->image direction (the release: i2t only)
@@ -68,16 +68,16 @@ class HACLConfig(RunConfig):
     queue_size: int = 0                # MoCo-style queue of past embeddings (the release: 2048 / 30720); 0 = off
     gather: bool = False               # negatives from every process (fixed targets on every rank)
     proj_size: int | None = None       # heads' output size (None: hidden // 4, the release)
-    temperature: float = 0.07
+    temperature: float = 0.07   # InfoNCE temperature (the release: 0.07)
     # stages
-    stages: list[str] = field(default_factory=lambda: ["sft"])
-    pretrain_steps: int = 100
-    pretrain_lr: float = 1e-3
+    stages: list[str] = field(default_factory=lambda: ["sft"])   # training stages: pretrain (projector, contrastive) and/or sft
+    pretrain_steps: int = 100   # the pretrain stage's optimiser steps
+    pretrain_lr: float = 1e-3   # the pretrain stage's lr
     # diagnostics and evaluation
     probe_every: int = 25              # retrieval diagnostic every N steps during training (0: off)
-    probe_size: int = 32
+    probe_size: int = 32   # records per retrieval probe
     max_new_tokens: int = 96
-    pope_modes: list[str] = field(default_factory=lambda: ["random", "popular", "adversarial"])
+    pope_modes: list[str] = field(default_factory=lambda: ["random", "popular", "adversarial"])   # POPE splits evaluated: random, popular, adversarial
 
     def __post_init__(self):
         super().__post_init__(); check_hacl_config(self)

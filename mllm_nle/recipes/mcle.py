@@ -52,21 +52,21 @@ class MCLEConfig(RunConfig):
     sft_lr: float = 1e-3
     sft_freeze_vision: bool = True
     # data: files, or the synthetic world when train_file is None
-    train_file: str | None = None
-    test_file: str | None = None
-    image_root: str | None = None
+    train_file: str | None = None   # VQA-X-format training JSON (None: the synthetic world)
+    test_file: str | None = None   # VQA-X-format test JSON
+    image_root: str | None = None   # the folder the files' image paths are relative to
     n_train: int = 1500                # synthetic: scenes behind the training records
-    n_test: int = 96
+    n_test: int = 96   # synthetic: test questions
     test_split: str = "standard"       # synthetic: standard | hard (crowded scenes, two-fact questions: world_data.HARD_TEST)
     image_size: int = 84               # the seeing backbones' grid: one visual token per cell
     max_test: int | None = None        # evaluate on the first N test items
     # the MCLE arms: a variant (official | bounded | multilevel), or multilevel+features
-    variant: str = "multilevel"
+    variant: str = "multilevel"   # the MCLE arm: official | bounded | multilevel | multilevel+features
     compare_variants: list[str] = field(default_factory=list)   # extra MCLE arms trained in the same run
     image_feature: str = "image_llm"   # +features: the image representation, image_llm | image
     # evaluation
-    nle_metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider", "spice"])
-    gallery_size: int = 6
+    nle_metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider", "spice"])   # explanation metrics: bleu, meteor, rouge, cider, spice (METEOR and SPICE need Java)
+    gallery_size: int = 6   # images in the figure of example explanations (0: none)
 
     def __post_init__(self):
         super().__post_init__()

@@ -45,30 +45,30 @@ class MCMDPOConfig(RunConfig):
     backbone: str = "tiny:llava:xs"    # the release is LLaVA
     lr_scheduler: str = "cosine"       # the release (mcmdpo.sh): cosine, warmup 0.03
     # data: the synthetic world when train_file is None
-    train_file: str | None = None
-    test_file: str | None = None
+    train_file: str | None = None   # alt-text training JSON (Twitter/Pinterest format; None: the synthetic world)
+    test_file: str | None = None   # alt-text test JSON
     image_root: str | None = None      # train images (default: the train file's folder)
     test_image_root: str | None = None # test images (default: image_root)
     data_format: str = "release"       # release | swift
     n_train: int = 256                 # synthetic scenes
-    n_test: int = 64
-    image_size: int = 112
-    max_test: int | None = None
+    n_test: int = 64   # synthetic: test images
+    image_size: int = 112   # synthetic images' side in pixels
+    max_test: int | None = None   # evaluate on the first N test items (None: all)
     # negatives (seeded by data_seed: the same for every arm and seed, so one stored reference serves all)
     image_negative: str = "diffusion"  # diffusion | black | crop | rotate | random
-    noise_step: int = 700
+    noise_step: int = 700   # diffusion image negative: the forward-noise step (of 1000)
     noise_space: str = "tensor"        # tensor: on the processor's normalised output (the release) | pixel
     # the objective
-    beta: float = 0.1
-    weights: list[float] = field(default_factory=lambda: list(RELEASE_WEIGHTS))
+    beta: float = 0.1   # DPO's beta (> 0)
+    weights: list[float] = field(default_factory=lambda: list(RELEASE_WEIGHTS))   # the facets' weights (the release's by default)
     norm: float | None = None          # None: the sum of the active weights (2.8 with all seven)
-    arms: list[str] = field(default_factory=lambda: ["dpo", "mcm_dpo"])
-    paradigm: str = "d"
-    train_projector: bool = True
+    arms: list[str] = field(default_factory=lambda: ["dpo", "mcm_dpo"])   # the arms trained: dpo, mcm_dpo, sft_continued, ...
+    paradigm: str = "d"   # whether the vision tower trains in the SFT / preference stage: a no/no, b no/yes, c yes/no, d yes/yes (the release)
+    train_projector: bool = True   # train the projector too in the preference stage
     reference: str = "batch"           # batch: stored reference log-probs | live: the base under disabled adapters
     # studies (nbs/mcmdpo_study.ipynb): extra arms for the facet ablation, extra paradigms
-    ablation: list[str] = field(default_factory=list)
-    paradigms: list[str] = field(default_factory=list)
+    ablation: list[str] = field(default_factory=list)   # the study: extra arms (ARM_SPECS, e.g. k1..k7 facets, per_facet)
+    paradigms: list[str] = field(default_factory=list)   # the study: extra paradigms trained beside paradigm
     # preference stage: by epochs
     steps: int = 0
     epochs: float = 2.0
@@ -78,8 +78,8 @@ class MCMDPOConfig(RunConfig):
     # evaluation
     num_beams: list[int] = field(default_factory=lambda: [1, 3])   # greedy, and the release's beam 3
     max_new_tokens: int = 48
-    meteor: bool = True
-    gallery_size: int = 6
+    meteor: bool = True   # compute METEOR (needs Java)
+    gallery_size: int = 6   # images in the figure of example alt-texts (0: none)
 
     def __post_init__(self):
         super().__post_init__(); check_mcmdpo_config(self)
