@@ -31,13 +31,13 @@ from .train import GroupCollator, group_records
 log = get_logger("mllm_nle.gym")
 
 # %% auto #0
-__all__ = ['log', 'GYM_METHODS', 'RECIPE_CONFIGS', 'ROWS', 'CONTROL_ROWS', 'EXTRA_ROWS', 'DEFAULT_ROWS', 'AA_ROWS',
-           'AA_SEED_OFFSET', 'GYM_DEFAULTS', 'VAL_DEFAULTS', 'VAL_SEED_OFFSET', 'GYM_OWNS', 'SHARED', 'ARM_BUILDERS',
-           'STEPS_OF', 'TABLE_METRICS', 'COUNT_METRICS', 'METRICS', 'DERIVED_FIELDS', 'SUITES', 'row_method',
-           'matching_sft', 'is_control', 'GymConfig', 'check_gym_config', 'recipe_config', 'GymData', 'load_gym_data',
-           'base_records', 'base_key', 'base_subsample', 'gym_baseline', 'TokenMeter', 'count_llm_tokens',
-           'tokens_per_step', 'plan_steps', 'metered', 'dgpref_pipelines', 'GymRow', 'build_arms', 'gym_rows',
-           'item_number', 'item_field', 'metric_from_rows', 'chair_items', 'cider_items', 'check_rows',
+__all__ = ['log', 'GYM_METHODS', 'RECIPE_CONFIGS', 'ROWS', 'CONTROL_ROWS', 'RELEASE_ROWS', 'EXTRA_ROWS', 'DEFAULT_ROWS',
+           'AA_ROWS', 'AA_SEED_OFFSET', 'GYM_DEFAULTS', 'VAL_DEFAULTS', 'VAL_SEED_OFFSET', 'GYM_OWNS', 'SHARED',
+           'ARM_BUILDERS', 'STEPS_OF', 'TABLE_METRICS', 'COUNT_METRICS', 'METRICS', 'DERIVED_FIELDS', 'SUITES',
+           'row_method', 'matching_sft', 'is_control', 'GymConfig', 'check_gym_config', 'recipe_config', 'GymData',
+           'load_gym_data', 'base_records', 'base_key', 'base_subsample', 'gym_baseline', 'TokenMeter',
+           'count_llm_tokens', 'tokens_per_step', 'plan_steps', 'metered', 'dgpref_pipelines', 'GymRow', 'build_arms',
+           'gym_rows', 'item_number', 'item_field', 'metric_from_rows', 'chair_items', 'cider_items', 'check_rows',
            'evaluate_suite', 'run_one', 'evaluate_base', 'write_study']
 
 # %% ../nbs/13_gym.ipynb #6718ae84
@@ -76,8 +76,12 @@ CONTROL_ROWS = ("mcle/consistency_dpo", "dgpref/oracle_edit", "dgpref/oracle_edi
                 "dgpref/sft_gold", "dgpref/shuffled", "dgpref/sft_aa", "mcmdpo/gold_vs_own")
 "The controls: rows built to succeed, to fail, or to be the SFT row again (`gym_controls` builds them)."
 
-EXTRA_ROWS = ("dgpref/oracle_edit", "dgpref/exact_pairs")
-"Rows the default table leaves out (the length-biased controls; ask for them in `rows`)."
+RELEASE_ROWS = ("mcle/mcle_released", "dgpref/dgpref_released", "mcmdpo/dpo_released")
+"The released-code variants: beside the table (each fix against its release), in the GPU tier's rows."
+
+EXTRA_ROWS = ("dgpref/oracle_edit", "dgpref/exact_pairs", *RELEASE_ROWS)
+"""Rows the default table leaves out: the length-biased controls, and the releases (the CPU tier's two hours do not hold
+them beside three bases × three seeds of the rest); ask for them in `rows`."""
 
 DEFAULT_ROWS = tuple(r for r in ROWS if r not in EXTRA_ROWS)
 
