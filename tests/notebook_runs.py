@@ -32,5 +32,5 @@ def assert_figures_shown(nb_path: Path, at_least: int = 1):
     import json
     outs = [o for c in json.loads(Path(nb_path).read_text())["cells"] for o in c.get("outputs", [])]
     pngs = sum("image/png" in o.get("data", {}) for o in outs)
-    placeholders = [t for o in outs for t in [o.get("data", {}).get("text/plain", "")] if "<Figure size" in "".join(t)]
+    placeholders = [o for o in outs if "<Figure size" in "".join(o.get("data", {}).get("text/plain", "")) and "image/png" not in o.get("data", {})]
     assert pngs >= at_least and not placeholders, f"{nb_path}: {pngs} PNG output(s), {len(placeholders)} figure(s) shown as text"
