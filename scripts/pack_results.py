@@ -39,7 +39,10 @@ def pack(run: Path) -> tuple[int, int]:
         for f in todo:
             data = f.read_bytes()
             sha = hashlib.sha256(data).hexdigest()
-            out.write(json.dumps(dict(file=str(f.relative_to(run)), sha256=sha, text=data.decode("utf-8"))) + "\n")
+            try: text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                (run/ARCHIVE).unlink(); raise SystemExit(f"{f}: not a text file (adapters and checkpoints are not committed); nothing was packed")
+            out.write(json.dumps(dict(file=str(f.relative_to(run)), sha256=sha, text=text)) + "\n")
             manifest[str(f.relative_to(run))] = dict(sha256=sha, bytes=len(data))
     (run/MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     for f in todo: f.unlink()

@@ -48,3 +48,11 @@ def test_every_committed_run_is_packed():
     found = pr.runs(ROOT/"outputs")
     loose = [f for f in tracked for r in found if (ROOT/f).is_relative_to(r) and not pr.kept(r, ROOT/f)]
     assert not loose, f"{len(loose)} loose per-item file(s), e.g. {loose[:3]}: run python scripts/pack_results.py on their run"
+
+
+def test_pack_refuses_a_binary_file_and_leaves_the_run_as_it_was(tmp_path):
+    run = _run(tmp_path)
+    (run/"m"/"seed0"/"adapter_model.safetensors").write_bytes(b"\x80\x81 not text")
+    before = sorted(p for p in run.rglob("*") if p.is_file())
+    with pytest.raises(SystemExit, match="not a text file"): pr.pack(run)
+    assert sorted(p for p in run.rglob("*") if p.is_file()) == before
