@@ -33,8 +33,8 @@ def gym_block(run: str) -> str:
     env, st = m["environment"], m["status"]
     f = lambda v: "n/a" if v is None else f"{v:+.3f}"
     head = (f"From [`{run}/gym_report.ipynb`]({run}/gym_report.ipynb): {len(m['bases'])} bases × {len(m['seeds'])} seeds, "
-            f"{len(m['rows'])} rows, backbone `{m['backbone']}`, {m['gym_seconds'] / 60:.0f} min for the gym "
-            f"(torch {env['torch']}, {env['torch_threads']} thread(s) per worker, {env['cpus']} CPUs).")
+            f"{len(m['rows'])} rows, backbone `{m['backbone']}` (python {env['python']}, torch {env['torch']}, "
+            f"transformers {env['transformers']}, peft {env['peft']}, {env['cpus']} CPUs).")
     verdicts = _table(["row", "column", "Δ vs its SFT row [95% CI]", "verdict"],
                       [[v["row"], _label(v["column"]), _ci(v), v["verdict"]] for v in m["verdicts"]])
     gates = _table(["column", "verdicts allowed", "working positive controls", "A/A Δ", "why not"],
@@ -45,7 +45,7 @@ def gym_block(run: str) -> str:
                    "n/a" if d["level"] is None else f"{d['level']:.3f}", "n/a" if d["relative"] is None else f"{100 * d['relative']:.0f}%"]
                   for k, d in m["mde"].items()])
     tuned = _table(["row", "lr", "weight", "validation score"],
-                   [[r, f"{t['lr']:.0e}", f"{t['weight'][0]} = {t['weight'][1]:g}" if t["weight"] else "default",
+                   [[r, f"{t['lr']:.2g}", f"{t['weight'][0]} = {t['weight'][1]:g}" if t["weight"] else "default",
                      "n/a" if t["score"] is None else f"{t['metric']} {t['score']:.3f}"] for r, t in (m.get("tuned") or {}).items()])
     return "\n\n".join([head, "Verdicts (each method row against its own SFT row, on its method's home columns):", verdicts,
                         "Which columns may give a verdict (a positive control beats its SFT row, the A/A row does not move):", gates,
