@@ -1,4 +1,4 @@
-"""Time every available NLE metric on 1,968 VQA-X-sized items (issue 6 target: under 2 minutes).
+"""Time every available NLE metric on 1,968 VQA-X-sized items (the target: under 2 minutes).
 
     python bench/nle_metrics_speed.py [--n 1968] [--tokenizer ptb] [--out bench/nle_metrics_speed.json]
 

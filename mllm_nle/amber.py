@@ -162,6 +162,7 @@ def _spacy_ok() -> bool:
         import spacy; spacy.load("en_core_web_lg"); return True
     except Exception: return False
 
+# %% ../nbs/04a_amber.ipynb #f178e19a
 def nlp_components(similarity: str = "auto", similarity_table=None, threshold: float = 0.8,
                    data_dir: str | Path | None = None) -> NLPComponents:
     "AMBER's NLP steps: real NLTK data / spaCy when installed, else the stand-ins in `data_dir`."

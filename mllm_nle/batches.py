@@ -10,6 +10,7 @@ from collections import OrderedDict
 import torch
 
 from .data import MAX_IMAGE_PIXELS, open_image
+from .models import build_batch
 
 # %% auto #0
 __all__ = ['Collator', 'SFTCollator', 'stable_seed', 'text_batch', 'render_labels', 'trained_text', 'show_batch']
@@ -44,7 +45,6 @@ class Collator:
                     prompt=rec["prompt"] if prompt is None else prompt, response=rec.get("response") if response is None else response)
 
     def build(self, examples) -> dict:
-        from mllm_nle.models import build_batch
         return build_batch(self.processor, examples, padding_side=self.padding_side, max_length=self.max_length)
 
     def row_names(self, batch: dict) -> list[str]:
@@ -55,6 +55,7 @@ class Collator:
         "Print `batch` with `show_batch`, rows named by `row_names`."
         show_batch(self.processor, batch, rows, width, names=self.row_names(batch))
 
+# %% ../nbs/03a_batches.ipynb #877df8dc
 class SFTCollator(Collator):
     "Plain SFT: `{image, prompt, response}` records -> `build_batch` output."
     def __call__(self, records) -> dict: return self.build([self.example(r) for r in records])

@@ -4,19 +4,28 @@
 
 # %% ../nbs/12_cli.ipynb #987cd6de
 from __future__ import annotations
-import json
+import difflib, json, sys
+from dataclasses import fields
 from pathlib import Path
 
-from fastcore.script import call_parse, Param, store_true
+import yaml
+from fastcore.script import anno_parser, call_parse, Param, store_true
 
-from .core import get_logger
+from .core import ConfigError, get_logger, load_config, repo_root, run_dir
+from .experiment import config_help
+from .gym import GymConfig
 from .train import METHOD_DATA, attach_reference_logps, get_method, make_training_args, prepare_records, train
-import mllm_nle.recipes.dgpref, mllm_nle.recipes.hacl, mllm_nle.recipes.mcle, mllm_nle.recipes.mcmdpo   # registers their methods
+from .recipes.dgpref import DGPrefConfig          # importing the recipes registers their methods
+from .recipes.hacl import HACLConfig
+from .recipes.mcle import MCLEConfig
+from .recipes.mcmdpo import MCMDPOConfig
+from . import data, models
 
 log = get_logger("mllm_nle.cli")
 
 # %% auto #0
-__all__ = ['log', 'train_cli']
+__all__ = ['log', 'EXPERIMENTS', 'USAGE', 'train_cli', 'parse_settings', 'experiment_config', 'run_experiment', 'settings_text',
+           'main']
 
 # %% ../nbs/12_cli.ipynb #a8d5dbb7
 @call_parse
@@ -43,7 +52,6 @@ def train_cli(method: Param("registered method: sft, mcle, dpo, mcm_dpo, hacl", 
               resume: Param("checkpoint folder to resume from, or 'last'", str) = None,
               seed: Param("seed for weights and data order", int) = 0):
     "Train `method` on `records` and save the adapter under `out/adapter`."
-    from mllm_nle import data, models
     opts = json.loads(method_kw)
     m = get_method(method, **opts)
     bb = models.resolve_backbone(backbone, max_image_tokens=max_image_tokens or None)
@@ -59,3 +67,86 @@ def train_cli(method: Param("registered method: sft, mcle, dpo, mcm_dpo, hacl", 
                lora=dict(r=lora_r, alpha=lora_alpha), collator_kw=dict(max_image_pixels=lim))
     if tr.is_world_process_zero(): tr.save_model(str(Path(out) / "adapter"))
     return tr
+
+# %% ../nbs/12_cli.ipynb #6f4805db
+EXPERIMENTS = {
+    "mcle": (MCLEConfig, ("mcle_train.ipynb",)),
+    "dgpref": (DGPrefConfig, ("dgpref_data.ipynb", "dgpref_train.ipynb")),
+    "hacl": (HACLConfig, ("hacl_train.ipynb",)),
+    "mcmdpo": (MCMDPOConfig, ("mcmdpo_train.ipynb",)),
+    "gym": (GymConfig, ("gym_report.ipynb",)),
+}
+"`name: (its config, the notebooks that run it, in order)`: what `mllm-nle train <name>` (and `mllm-nle gym`) executes."
+
+# %% ../nbs/12_cli.ipynb #d7d50d67
+def _value(text: str):
+    "A command-line value in YAML syntax (`[0, 1]`, `null`, `true`); numbers stay text for the field's own type."
+    v = yaml.safe_load(text)
+    return text if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+def parse_settings(cls, args: list[str]) -> dict:
+    "`['--field', 'value', ...]` as `{field: value}`; a word that is not a field of `cls` is an error naming it."
+    names, out = [f.name for f in fields(cls)], {}
+    if len(args) % 2: raise ConfigError(f"mllm-nle: settings come as --<field> <value> pairs, got {args}")
+    for flag, text in zip(args[::2], args[1::2]):
+        k = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if k not in names:
+            close = difflib.get_close_matches(k or flag, names, 3)
+            raise ConfigError(f"mllm-nle: {cls.__name__} has no setting {flag!r}" + (f"; close: {close}" if close else ""))
+        out[k] = _value(text)
+    return out
+
+# %% ../nbs/12_cli.ipynb #7f63301f
+def experiment_config(name: str, params_file: str | None = None, settings: dict | None = None):
+    "The config `mllm-nle` runs for `name`: `params_file`, then `settings`, with every range check."
+    if name not in EXPERIMENTS: raise ConfigError(f"mllm-nle: no experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    return load_config(EXPERIMENTS[name][0], params_file, **(settings or {}))
+
+# %% ../nbs/12_cli.ipynb #1607edc7
+def run_experiment(name: str, params_file: str | None = None, settings: dict | None = None, kernel: str = "mllm-nle") -> list[Path]:
+    "Execute `name`'s notebooks with papermill into its run folder (config checked first); the executed notebooks."
+    import papermill as pm
+    cfg = experiment_config(name, params_file, settings)
+    nbs = repo_root()/"nbs"
+    root = Path(cfg.output_root) if cfg.output_root else None
+    out = run_dir(cfg.experiment, cfg.run_name, root=root if root is None or root.is_absolute() else nbs/root)
+    params = dict(params_file=str(Path(params_file).resolve())) if params_file else {}
+    params |= {k: getattr(cfg, k) for k in settings or {}}                  # typed, as the config read them
+    for nb in EXPERIMENTS[name][1]:
+        log.info(f"{name}: {nb} -> {out/nb}")
+        pm.execute_notebook(str(nbs/nb), str(out/nb), parameters=params, kernel_name=kernel, cwd=str(nbs))
+    return [out/nb for nb in EXPERIMENTS[name][1]]
+
+# %% ../nbs/12_cli.ipynb #655b9b5d
+USAGE = """usage: mllm-nle train <recipe> [-f params.yaml] [--<setting> <value> ...]   run the recipe's notebooks
+       mllm-nle gym [-f params.yaml] [--<setting> <value> ...]              run the gym's report
+       mllm-nle settings <recipe|gym>                                      every setting, its default and help
+       mllm-nle fit <method> <records> <out> [--help]                      one method on one data file
+recipes: """ + ", ".join(k for k in EXPERIMENTS if k != "gym")
+
+def settings_text(name: str) -> str:
+    "Each setting of `name`'s config: its name, default and help."
+    cls = EXPERIMENTS[name][0]; helps, d = config_help(cls), cls()
+    return "\n".join(f"--{f.name:<26} {getattr(d, f.name)!r:<28} {helps.get(f.name, '')}" for f in fields(cls))
+
+def _run(name: str, args: list[str]) -> int:
+    params = None
+    if args[:1] in (["-f"], ["--params"]):
+        if len(args) < 2: raise ConfigError("mllm-nle: -f needs a params file")
+        params, args = args[1], args[2:]
+    run_experiment(name, params, parse_settings(EXPERIMENTS[name][0], args))
+    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    "The `mllm-nle` console script."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cmd, rest = (argv[0], argv[1:]) if argv else ("--help", [])
+    try:
+        if cmd in ("-h", "--help", "help"): print(USAGE); return 0
+        if cmd == "fit": train_cli(**vars(anno_parser(train_cli, "mllm-nle fit").parse_args(rest))); return 0
+        if cmd == "settings" and len(rest) == 1 and rest[0] in EXPERIMENTS: print(settings_text(rest[0])); return 0
+        if cmd == "gym": return _run("gym", rest)
+        if cmd == "train" and rest and rest[0] in EXPERIMENTS and rest[0] != "gym": return _run(rest[0], rest[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+    print(USAGE, file=sys.stderr); return 2

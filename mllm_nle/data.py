@@ -195,6 +195,7 @@ def check_image(path: str, fld: str = "image", max_pixels: int | None = MAX_IMAG
     except ImageLimitError as e: raise _Bad(fld, e.reason, f"{path}: {e.detail}") from None
     except Exception as e: raise _Bad(fld, "image not decodable", f"{path}: {type(e).__name__}: {e}") from None
 
+# %% ../nbs/03_data.ipynb #89417183
 def check_image_header(path: str, fld: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS):
     "Read only the image's header: `_Bad` when it is unreadable, over the pixel limit or too elongated (nothing is decoded)."
     try:
@@ -218,8 +219,6 @@ def open_image(path_or_record, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Ima
     with _open_limited(src, name, max_pixels) as im:
         try: return to_rgb(im)
         except Exception as e: raise DataFileError(f"{name}: image not decodable: {type(e).__name__}: {e}") from None
-
-
 
 # %% ../nbs/03_data.ipynb #6bb7ef39
 def _n_tokens(tokenizer, text: str) -> int:
@@ -464,6 +463,7 @@ def _mmhal(rec, i):
     return dict(id=str(i), image=src.rsplit("/", 1)[-1], prompt=_text(rec, "question"), answer=_text(rec, "gt_answer"),
                 question_type=rec.get("question_type"), image_id=rec.get("image_id"), image_content=rec.get("image_content"))
 
+# %% ../nbs/03_data.ipynb #04858bc1
 def load_mmhal(path, image_root=None, on_error="raise", **kw):
     "MMHal-Bench JSON -> `{id (position), image, prompt, answer, question_type, image_id, image_content}`."
     return _bench_load(path, "mmhal", _mmhal, on_error, image_root, **kw)

@@ -14,6 +14,13 @@ import numpy as np
 from .core import ConfigError, get_logger, load_config, load_json, load_jsonl, repo_root, save_json, save_jsonl
 from .core import save_safetensors, seed_everything
 from .data import MAX_IMAGE_PIXELS
+from . import data, inputs
+from . import inputs
+from . import models
+from . import models, train
+from . import plots
+from . import realshape
+from .train import make_training_args
 
 log = get_logger("mllm_nle.experiment")
 
@@ -30,46 +37,46 @@ __all__ = ['log', 'LR_SCHEDULERS', 'START_ROW', 'RunConfig', 'check_run_settings
 class RunConfig:
     "The settings every recipe shares; a recipe's config subclasses it and sets `experiment`."
     experiment: ClassVar[str] = "run"  # outputs/<experiment>/<run_name>/
-    run_name: str = "demo"
+    run_name: str = "demo"   # the run folder: outputs/<experiment>/<run_name>/
     seed: int = 0                      # stage-2 seed (data order, LoRA init, dropout)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])   # a study's seeds
     device: str | None = None          # None: cuda if available, else cpu
-    backbone: str = "tiny:qwen2_5_vl:xs"
+    backbone: str = "tiny:qwen2_5_vl:xs"   # tiny:<family>:<size> (offline), realshape:<kind>, or a local checkpoint folder
     data_seed: int = 0                 # the synthetic data and the baseline's seed
     on_error: str = "raise"            # or "skip": bad records are counted and reported
     max_image_pixels: int | None = MAX_IMAGE_PIXELS   # larger images are refused before decoding (data.open_image); None: no limit
     # stage 1: the baseline, all weights trained (0 steps: the backbone is the baseline)
-    sft_steps: int = 600
-    sft_lr: float = 2e-3
-    sft_batch_size: int = 16
+    sft_steps: int = 600   # baseline optimiser steps (0: the backbone itself is the baseline)
+    sft_lr: float = 2e-3   # the baseline's lr (every weight trained, or all but a frozen vision tower)
+    sft_batch_size: int = 16   # the baseline's per-device batch size
     sft_freeze_vision: bool = False    # keep a pre-trained vision tower fixed in the baseline (the seeing backbones see better so)
     sft_lr_scheduler: str = "cosine"   # the baseline's schedule (LR_SCHEDULERS)
     # stage 2: the arms, LoRA, equal steps
     steps: int = 150                   # 0: train by epochs
-    epochs: float = 1.0
+    epochs: float = 1.0   # the arms' epochs when steps is 0
     lr: float = 5e-4                   # the arms' (LoRA) lr; a release's full-fine-tune lr reused here may be too low for LoRA: tune it
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 8   # the arms' per-device batch size (records per step)
+    grad_accum: int = 1   # gradient accumulation steps of the arms
     warmup_ratio: float = 0.05         # a fraction of the steps (transformers 5: warmup_steps < 1)
     lr_scheduler: str = "cosine"       # the arms' schedule (LR_SCHEDULERS); each recipe defaults to its release's
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = 16   # the arms' LoRA rank
+    lora_alpha: int = 32   # the arms' LoRA alpha (scale alpha / r)
+    lora_dropout: float = 0.05   # dropout on the LoRA inputs
     lora_targets: list[str] | None = None          # the LLM's projections that get adapters (None: all of them)
     lora_on_vision: bool = False                   # adapters in the vision tower too
     lora_vision_targets: list[str] | None = None   # ... on these of its linears (None: all)
-    loss_kwargs: dict = field(default_factory=dict)
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_steps: int = 1000
+    loss_kwargs: dict = field(default_factory=dict)   # extra options of the method's loss, by name (an unknown one is an error)
+    gradient_checkpointing: bool = False   # recompute activations in the backward pass (less memory, slower)
+    logging_steps: int = 10   # log the loss terms every n optimiser steps
+    save_steps: int = 1000   # checkpoint every n optimiser steps (a killed run resumes from the last)
     # the real checkpoints' inputs (models.load_backbone, nbs/01b_inputs.ipynb)
     max_image_tokens: int | None = None   # Qwen: at most this many LM tokens per image (max_pixels: n*28*28); None: the checkpoint's limit
     image_preprocess: str = "pad"      # LLaVA: pad to square in the CLIP mean colour (the releases) | crop (llava-hf's centre crop)
     prompt_format: str = "chat"        # chat (the checkpoint's template) | llava_v1 (LLaVA-1.5's system prompt) | dgpref (DGPref's sampling prompt)
     image_cache_mb: int = 512          # decoded images a collator keeps in memory (per dataloader worker), in MiB of RGB pixels
     # evaluation
-    max_new_tokens: int = 40
-    eval_batch_size: int = 32
+    max_new_tokens: int = 40   # the evaluation's generation length (greedy)
+    eval_batch_size: int = 32   # generation batch size of the evaluation
     cache_dir: str | None = None       # default: outputs/<experiment>/cache
     output_root: str | None = None     # default: outputs/
 
@@ -80,11 +87,11 @@ class RunConfig:
             raise ConfigError(f"{type(self).__name__}: max_image_pixels must be > 0, or null for no limit")
         check_run_settings(self)
 
+# %% ../nbs/07a_experiment.ipynb #df2573fe
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt")
 
 def check_run_settings(cfg: RunConfig):
     "Range checks of the schedule, cache and input settings (`RunConfig.__post_init__` runs them)."
-    from mllm_nle import inputs
     name = type(cfg).__name__
     for k in ("lr_scheduler", "sft_lr_scheduler"):
         if getattr(cfg, k) not in LR_SCHEDULERS: raise ConfigError(f"{name}: {k} must be one of {LR_SCHEDULERS}, got {getattr(cfg, k)!r}")
@@ -161,6 +168,7 @@ def repo_path(p: str | None) -> Path | None:
     "Relative paths in params files are relative to the repository root (notebooks run from `nbs/`)."
     return None if p is None else Path(p) if Path(p).is_absolute() else repo_root()/p
 
+# %% ../nbs/07a_experiment.ipynb #c5af6401
 def cached_dir(d: Path, build: Callable[[Path], dict]) -> Path:
     "`d`, built once by `build(tmp_dir) -> info` into a sibling temp folder and renamed; `d/done.json` marks it complete."
     d = Path(d)
@@ -181,7 +189,6 @@ def cached_dir(d: Path, build: Callable[[Path], dict]) -> Path:
 def training_args(cfg: RunConfig, out_dir, steps: int, lr: float, batch_size: int, seed: int, epochs: float | None = None,
                   scheduler: str | None = None):
     "The `TrainingArguments` for one stage (steps > 0 wins over epochs; `scheduler` default: the arms' `lr_scheduler`)."
-    from mllm_nle.train import make_training_args
     return make_training_args(out_dir, max_steps=steps if steps > 0 else -1, num_train_epochs=epochs or 1.0,
                               learning_rate=lr, per_device_train_batch_size=batch_size,
                               gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
@@ -195,7 +202,6 @@ def input_options(cfg: RunConfig) -> dict:
 
 def load_model(cfg: RunConfig, spec=None):
     "The backbone `spec` (default `cfg.backbone`) on `cfg.device`, with the config's input settings."
-    from mllm_nle import models
     return models.resolve_backbone(str(spec if spec is not None else cfg.backbone), cfg.device, **input_options(cfg))
 
 def collator_options(cfg: RunConfig) -> dict:
@@ -213,9 +219,9 @@ def input_key(cfg: RunConfig) -> dict:
     inp = input_options(cfg)
     return dict(inp=inp) if inp != dict(max_image_tokens=None, image_preprocess="pad", prompt_format="chat") else {}
 
+# %% ../nbs/07a_experiment.ipynb #1913af1a
 def train_baseline(cfg: RunConfig, records: list, train_key: str, method=None, trainable: dict | None = None) -> Path:
     "Train (once, cached) the baseline on `records` with `method` (default SFT); return the saved model's folder."
-    from mllm_nle import models, train
     if cfg.sft_steps <= 0: return Path(cfg.backbone)
     method = method or train.get_method("sft")
     if trainable is None and cfg.sft_freeze_vision: trainable = dict(vision=False, projector=True, llm=True)
@@ -262,7 +268,6 @@ def lora_options(cfg: RunConfig) -> dict:
 
 def train_arm(cfg: RunConfig, base: Path | None, arm: Arm, out_dir: Path, seed: int | None = None) -> dict:
     "LoRA-train `arm` from `base` for `cfg.steps` (or `arm.steps`); save its adapter and log; return them with the trained backbone."
-    from mllm_nle import models, train
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     bb = _base_backbone(cfg, arm.base if arm.base is not None else base)
@@ -297,11 +302,9 @@ def start_model(cfg: RunConfig, base: Path | None) -> dict:
 def processor_of(cfg: RunConfig, spec=None):
     "The processor of model `spec` (default `cfg.backbone`) with the config's input settings; a real checkpoint's weights are not loaded."
     from transformers import AutoProcessor
-    from mllm_nle import inputs
     spec = str(spec if spec is not None else cfg.backbone)
     if spec.startswith("tiny:"): return load_model(cfg, spec).processor
     if spec.startswith("realshape:"):
-        from mllm_nle import realshape
         spec = str(realshape.spec_path(spec))
     proc = AutoProcessor.from_pretrained(spec)
     inputs.cap_image_tokens(proc, cfg.max_image_tokens)
@@ -309,7 +312,6 @@ def processor_of(cfg: RunConfig, spec=None):
 
 def image_token_preflight(cfg: RunConfig, records: list, processor, out: Path | None = None, what: str = "training records") -> dict:
     "Image tokens per record (from image headers) through `processor`: `{n, min, median, max, total, max_image_tokens}`, logged (and saved)."
-    from mllm_nle import data, inputs
     sizes: dict = {}
     for r in records:
         p = r.get("image")
@@ -424,19 +426,16 @@ def paired_table(paired: list[dict]) -> str:
 # %% ../nbs/07a_experiment.ipynb #9e85bc22
 def loss_figure(logs: dict, name: str, path=None, exclude=("train_loss",)):
     "Loss curves of model `name` (one panel per logged term; `train_loss` is the run's mean, a single point)."
-    from mllm_nle import plots
     terms = [k for k in plots.loss_series(logs[name]) if k not in exclude]
     return plots.plot_loss_curves(logs[name], keys=terms or None, title=name, path=path)
 
 def metric_bars(results: dict, keys, path=None, title=None):
     "Bars of `summary[k]` per model (one evaluation each) for the `keys` every model has."
-    from mllm_nle import plots
     keys = [k for k in keys if all(r["summary"].get(k) is not None for r in results.values())]
     return plots.plot_metric_bars({m: {k: r["summary"][k] for k in keys} for m, r in results.items()}, metrics=keys,
                                   title=title, path=path)
 
 def study_bars(summary: dict, keys, path=None, title=None):
     "Bars of mean ± std over seeds per model."
-    from mllm_nle import plots
     return plots.plot_metric_bars({m: {k: v[k]["values"] for k in keys if k in v} for m, v in summary.items()},
                                   metrics=keys, title=title, path=path)

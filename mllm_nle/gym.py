@@ -14,6 +14,19 @@ import numpy as np
 from .core import ConfigError, config_from_dict, get_logger, load_json, save_json, save_jsonl
 from .experiment import Arm, RunConfig, cache_root, study_row, study_summary, train_arm, train_baseline
 from .recipes import mcle as _mcle, dgpref as _dgpref, hacl as _hacl, mcmdpo as _mcmdpo
+from . import metrics
+from . import models
+from .data import load_objhal
+from .experiment import lora_options
+from .metrics import simple_tokenize
+from .recipes import dgpref_pipeline as pipe
+from .recipes import dgpref_pipeline, hacl_data, mcmdpo_experiment
+from .recipes import dgpref_pipeline, mcmdpo_experiment
+from .recipes import dgpref_study
+from .recipes import hacl_eval
+from .recipes import hacl_eval, mcmdpo_experiment as mx
+from .recipes import mcmdpo_experiment as mx
+from .train import GroupCollator, group_records
 
 log = get_logger("mllm_nle.gym")
 
@@ -118,7 +131,7 @@ class GymConfig(RunConfig):
     image_size: int = 84              # every recipe's world images: the seeing backbones' native grid, one token per cell
     sft_lr: float = 1e-3
     sft_freeze_vision: bool = True    # the common base keeps the pre-trained vision tower fixed
-    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
+    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))   # the rows trained (gym.ROWS)
     budget: int = 60_000              # forward–backward tokens per arm (LLM tokens of every row, image tokens included)
     budget_batches: int = 12          # batches collated per arm to measure its tokens per step
     sft_steps: int = 1500             # the common SFT base (cached)
@@ -127,14 +140,14 @@ class GymConfig(RunConfig):
     base_fraction: float = 0.9        # the share of the union a base b > 0 trains on
     lr: float = 5e-4                  # every row's lr when `tune` is off
     tune: bool = True                 # each row picks its lr (and method weight) on the validation split
-    tune_lrs: list[float] = field(default_factory=lambda: [5e-6, 5e-5, 5e-4])
+    tune_lrs: list[float] = field(default_factory=lambda: [5e-6, 5e-5, 5e-4])   # the learning rates each row's first tuning stage tries
     workers: int = 2                  # worker processes, one torch thread each (1: everything in this process)
     logging_steps: int = 5
     n_boot: int = 2000                # bootstrap draws of the CIs
-    mcle: dict = field(default_factory=dict)
-    dgpref: dict = field(default_factory=dict)
-    hacl: dict = field(default_factory=dict)
-    mcmdpo: dict = field(default_factory=dict)
+    mcle: dict = field(default_factory=dict)   # MCLE settings on top of gym.GYM_DEFAULTS['mcle']
+    dgpref: dict = field(default_factory=dict)   # DGPref settings on top of gym.GYM_DEFAULTS['dgpref']
+    hacl: dict = field(default_factory=dict)   # HACL settings on top of gym.GYM_DEFAULTS['hacl']
+    mcmdpo: dict = field(default_factory=dict)   # MCM-DPO settings on top of gym.GYM_DEFAULTS['mcmdpo']
     val: dict = field(default_factory=dict)   # per recipe, settings of the validation split on top of VAL_DEFAULTS
 
     def __post_init__(self):
@@ -192,7 +205,6 @@ class GymData:
 
 def load_gym_data(cfg: GymConfig, split: str = "test") -> GymData:
     "Each recipe's data, through its own loader (`split: val`: the validation worlds, of which only the held-out sets are used)."
-    from mllm_nle.recipes import dgpref_pipeline, hacl_data, mcmdpo_experiment
     cfgs = {m: recipe_config(cfg, m, split=split) for m in GYM_METHODS}
     return GymData(cfgs, _mcle.load_mcle_data(cfgs["mcle"]), dgpref_pipeline.world_sets(cfgs["dgpref"]),
                    hacl_data.load_hacl_data(cfgs["hacl"]), mcmdpo_experiment.load_alttext_data(cfgs["mcmdpo"]))
@@ -200,7 +212,6 @@ def load_gym_data(cfg: GymConfig, split: str = "test") -> GymData:
 # %% ../nbs/13_gym.ipynb #698aaf28
 def base_records(data: GymData) -> list[dict]:
     "The union of the recipes' SFT records: `{id, image, prompt, response[, system]}`."
-    from mllm_nle.recipes import dgpref_pipeline, mcmdpo_experiment
     parts = {"mcle": [r for r in data.mcle.train if r["weight"] > 0],
              "dgpref": dgpref_pipeline.sft_records(data.cfgs["dgpref"], data.dgpref_sets),
              "hacl": data.hacl.train, "mcmdpo": mcmdpo_experiment.sft_records(data.mcmdpo)}
@@ -235,7 +246,6 @@ class TokenMeter:
 def count_llm_tokens(model, meter: TokenMeter):
     "Count into `meter` every language-model pass made with gradients on (a forward pre-hook); returns the hook's handle."
     import torch
-    from mllm_nle import models
     def hook(module, args, kwargs):
         if not torch.is_grad_enabled(): return
         am, emb = kwargs.get("attention_mask"), kwargs.get("inputs_embeds")
@@ -247,9 +257,6 @@ def count_llm_tokens(model, meter: TokenMeter):
 def tokens_per_step(cfg, arm: Arm, base, n_batches: int = 12, seed: int = 0) -> dict:
     "`{tokens, rows, records}` per optimiser step of `arm` from `base` (means over `n_batches` batches its method really runs; × `cfg.grad_accum`)."
     import random, torch
-    from mllm_nle import models
-    from mllm_nle.experiment import lora_options
-    from mllm_nle.train import GroupCollator, group_records
     bb = models.resolve_backbone(str(arm.base if arm.base is not None else base), cfg.device)
     model, m = models.add_lora(bb.model, **lora_options(cfg)), arm.method()
     if m.setup is not None: m.setup(m, model)
@@ -303,7 +310,6 @@ def _mcle_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
 
 def dgpref_pipelines(cfg, out: Path) -> dict:
     "Run (once per run folder) DGPref's data pipeline with the spatial checks fixed and as released; `{fixed, released}` folders."
-    from mllm_nle.recipes import dgpref_pipeline as pipe
     dirs = {"fixed": Path(out)/"dgpref"/"data_fixed", "released": Path(out)/"dgpref"/"data_released"}
     for kind, d in dirs.items():
         if (d/"data_report.json").exists(): continue
@@ -314,7 +320,6 @@ def dgpref_pipelines(cfg, out: Path) -> dict:
     return dirs
 
 def _dgpref_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
-    from mllm_nle.recipes import dgpref_study
     dirs = dgpref_pipelines(cfg, out)
     fixed, _ = dgpref_study.dgpref_arms(replace(cfg, arms=["sft_continued", "dgpref_oracle"]), dirs["fixed"], data.dgpref_sets)
     rel, _ = dgpref_study.dgpref_arms(replace(cfg, official_spatial=True, arms=["dgpref_official"], official_expert="oracle"),
@@ -325,15 +330,12 @@ def _dgpref_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
             "dgpref/dgpref_released": arms.get("dgpref_official", none(dirs["released"]))}
 
 def _hacl_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
-    from mllm_nle import models
-    from mllm_nle.recipes import hacl_eval
     bases = hacl_eval.stage_bases(cfg, data.hacl)
     arms = {a.name: replace(a, base=bases[a.name]) for a in hacl_eval.hacl_arms(cfg, data.hacl, bases, models.resolve_backbone(str(base)).processor)}
     return {"hacl/sft": arms["sft"], "hacl/hacl": arms["hacl"]}
 
 # %% ../nbs/13_gym.ipynb #27aa15e3
 def _mcmdpo_arms(cfg, data: GymData, base: Path, out: Path) -> dict:
-    from mllm_nle.recipes import mcmdpo_experiment as mx
     arms = {a.name: a for a in mx.mcmdpo_arms(cfg, data.mcmdpo, base, ["sft_continued", "dpo", "mcm_dpo"])}
     return {"mcmdpo/sft": arms["sft_continued"], "mcmdpo/dpo": arms["dpo"], "mcmdpo/mcm_dpo": arms["mcm_dpo"],
             "mcmdpo/dpo_released": replace(arms["dpo"], name="dpo_released"), "mcmdpo/dpo_steps": replace(arms["dpo"], name="dpo_steps")}
@@ -434,14 +436,12 @@ def metric_from_rows(rows: list[dict], metric: str) -> float | None:
 # %% ../nbs/13_gym.ipynb #e7b74040
 def chair_items(outputs: list[str], gt_objects: list, table=None) -> list[dict]:
     "Per caption: `n_mentions` and `n_hallucinated` objects (CHAIR_i's numerator and denominator), by `metrics.chair_scores`."
-    from mllm_nle import metrics
     return [dict(n_mentions=c["n_mentions"], n_hallucinated=c["n_hallucinated"])
             for c in (metrics.chair_scores([o], [g], table) for o, g in zip(outputs, gt_objects))]
 
 def cider_items(outputs: list[str], references: list[list[str]]) -> list[float | None]:
     "Per-item CIDEr-D as `metrics.alttext_scores` computes it (same tokens; document frequencies from the references only)."
     from pycocoevalcap.cider.cider import Cider
-    from mllm_nle.metrics import simple_tokenize
     tok = lambda s: " ".join(simple_tokenize(s).split())
     keep = [i for i, rs in enumerate(references) if any(simple_tokenize(x) for x in rs)]
     out: list = [None] * len(outputs)
@@ -457,8 +457,6 @@ SUITES = ("vqa", "caption", "pope", "alttext", "retrieval")
 _EMPTY = dict(summary={}, rows=[])
 
 def _caption_rows(data: GymData, cap: dict) -> list[dict]:
-    from mllm_nle import metrics
-    from mllm_nle.data import load_objhal
     h = data.cfgs["hacl"]
     gt = {r["id"]: r.get("gt_objects", []) for r in load_objhal(data.hacl.bench_dir/"objhal.jsonl", image_root=data.hacl.bench_image_root,
                                                                 on_error=h.on_error, max_image_pixels=h.max_image_pixels)[0]}
@@ -498,7 +496,6 @@ def _suite_summary(vqa, cap, pope, alt, ret, rows) -> dict:
 
 def evaluate_suite(cfg: GymConfig, data: GymData, backbone, suites=SUITES) -> dict:
     "A model's evaluation on `suites`: `{summary, rows (one per test item, `suite` names its test), consistency_matrix, pope, seconds}`."
-    from mllm_nle.recipes import hacl_eval, mcmdpo_experiment as mx
     t0, c, h = time.time(), data.cfgs, data.cfgs["hacl"]
     if set(suites) - set(SUITES): raise ValueError(f"evaluate_suite: unknown suite(s) {sorted(set(suites) - set(SUITES))}; known: {SUITES}")
     if 1 not in c["mcmdpo"].num_beams: raise ConfigError("GymConfig.mcmdpo: num_beams must include 1 (the suite scores greedy alt-text)")
@@ -536,7 +533,6 @@ def run_one(row: GymRow, base: Path, seed: int, out: Path, evaluate) -> dict:
 
 def evaluate_base(base: Path, out: Path, evaluate, device=None) -> dict:
     "The common base, evaluated once (`out/base/`); reused when done."
-    from mllm_nle import models
     d = Path(out)/"base"
     if (d/"done.json").exists(): return load_json(d/"done.json")
     t0 = time.time(); ev = evaluate(models.resolve_backbone(str(base), device))

@@ -13,6 +13,10 @@ from .core import load_json, load_jsonl, save_jsonl, save_json
 from .experiment import markdown_table
 from .gym import METRICS, TABLE_METRICS, matching_sft, row_method
 from .gym_report import HOME_METRICS, excludes_zero, item_values, paired_metric, verdict
+from . import models, train
+from .experiment import lora_options
+from .experiment import repo_path
+from .plots import save_figure
 
 # %% auto #0
 __all__ = ['BARE', 'home_verdicts', 'ci_text', 'verdict_comparison', 'per_seed_means', 'count_table', 'length_bias',
@@ -167,8 +171,6 @@ def log_trajectory(out, study: dict, name: str, key: str) -> tuple[float, float]
 def trainable_parameters(rcfg, arm, base) -> dict:
     "`{trainable, lora, full, total}` parameters of `arm`'s model from `base`, as `train_arm` would build it."
     import tempfile
-    from mllm_nle import models, train
-    from mllm_nle.experiment import lora_options
     bb = models.resolve_backbone(str(arm.base if arm.base is not None else base), rcfg.device)
     with tempfile.TemporaryDirectory() as d:
         args = train.make_training_args(d, max_steps=1, report_to="none", save_strategy="no", disable_tqdm=True)
@@ -208,7 +210,6 @@ class GymAuditConfig:
 
     def gym_config(self, cache_dir) -> GymConfig:
         "The audited gym configuration with its cache at `cache_dir`."
-        from mllm_nle.experiment import repo_path
         return load_config(GymConfig, repo_path(self.gym_params), **{**self.gym, "cache_dir": str(cache_dir)})
 
 def rerun(cfg: GymConfig, rows, **recipe) -> GymConfig:
@@ -219,7 +220,6 @@ def rerun(cfg: GymConfig, rows, **recipe) -> GymConfig:
 def verdict_forest(runs: dict, path=None):
     "One panel per home column: each row's Δ vs its SFT with its 95% CI, one colour per run (`{label: paired list}`)."
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     per = {label: home_verdicts(p) for label, p in runs.items()}
     cols = list(dict.fromkeys(c for v in per.values() for _, c in v))
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.6), squeeze=False)
@@ -242,7 +242,6 @@ def verdict_forest(runs: dict, path=None):
 def lr_figure(means: dict, column: str, path=None, reference: float | None = None):
     "`means`: `{row: {lr: (mean, std)}}` of `column`; one line per row against the learning rate (log axis)."
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for i, (row, by) in enumerate(means.items()):
         lrs = sorted(by)

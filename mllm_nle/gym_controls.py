@@ -13,6 +13,12 @@ from .core import get_logger, load_json, save_json
 from .experiment import Arm
 from .gym import AA_ROWS, ARM_BUILDERS, GYM_METHODS, GymData, dgpref_pipelines, row_method
 from .train import get_method
+from . import models
+from . import world, world_data
+from .data import open_image
+from .recipes import dgpref_pipeline as pipe
+from .recipes import dgpref_study
+from .recipes.dgpref import PreferenceCollator
 
 log = get_logger("mllm_nle.gym_controls")
 
@@ -23,7 +29,6 @@ __all__ = ['log', 'CONTROL_BUILDERS', 'BUILDERS', 'CONTROL_SOURCES', 'live_dpo',
 # %% ../nbs/13c_gym_controls.ipynb #3771d3b7
 def live_dpo(beta: float, loss_type: str = "sigmoid"):
     "A factory of DPO (the registered `dpo` method) at `beta` with a live reference and the preference collator."
-    from mllm_nle.recipes.dgpref import PreferenceCollator
     def make():
         return replace(get_method("dpo", loss_type=loss_type, beta=beta, reference="live"), collator=PreferenceCollator)
     make()
@@ -45,7 +50,6 @@ def mcle_controls(cfg, data: GymData, base: Path, out: Path) -> dict:
 # %% ../nbs/13c_gym_controls.ipynb #aa376943
 def _pipeline_arm(cfg, run: Path, source: str, name: str):
     "DPO at the DGPref row's settings on the pipeline's `source` pairs (or why there are none)."
-    from mllm_nle.recipes import dgpref_study
     f = dgpref_study.pipeline_dir(cfg, run)/f"preferences_{source}.json"
     if not f.exists(): return f"no {f.name}: the pipeline in {run} predates it (delete its data_report.json to rerun the pipeline)"
     recs = dgpref_study.load_arm_records(cfg, run, source)
@@ -67,8 +71,6 @@ def shuffle_pairs(records: list[dict], seed: int = 0) -> list[dict]:
 
 def gold_records(cfg, data: GymData) -> list[dict]:
     "SFT records on the pool images: each one's true caption (under its sampled captions' prompt) and its yes/no questions."
-    from mllm_nle import world, world_data
-    from mllm_nle.recipes import dgpref_pipeline as pipe
     items = [it for it in pipe.pool_items(cfg, data.dgpref_sets) if it["scene"] is not None]
     caps = [dict(id=f"gold:{it['id']}", image=it["image"], prompt=pipe.caption_prompts(cfg, it["id"])[0],
                  response=world_data.caption_text(world.caption_sentences(it["scene"], random.Random(f"gold:{it['id']}")))) for it in items]
@@ -78,7 +80,6 @@ def gold_records(cfg, data: GymData) -> list[dict]:
 # %% ../nbs/13c_gym_controls.ipynb #eb00ba88
 def dgpref_controls(cfg, data: GymData, base: Path, out: Path) -> dict:
     "The DGPref-column controls from the fixed pipeline's files, the gold SFT records, and the shuffled oracle pairs."
-    from mllm_nle.recipes import dgpref_study
     run = dgpref_pipelines(cfg, out)["fixed"]
     arms = {f"dgpref/{name}": _pipeline_arm(cfg, run, src, name) for name, src in
             (("oracle_edit", "oracle_edit"), ("oracle_edit_balanced", "oracle_edit_balanced"), ("exact_pairs", "exact"), ("exact_balanced", "exact_balanced"))}
@@ -92,8 +93,6 @@ def dgpref_controls(cfg, data: GymData, base: Path, out: Path) -> dict:
 # %% ../nbs/13c_gym_controls.ipynb #10866658
 def own_alttext(cfg, data: GymData, base: Path, out: Path) -> dict:
     "`{record id: the base's greedy alt-text}` for MCM-DPO's training records (cached in `out/mcmdpo/own_alttext.json`)."
-    from mllm_nle import models
-    from mllm_nle.data import open_image
     f = Path(out)/"mcmdpo"/"own_alttext.json"
     if f.exists(): return load_json(f)
     bb = models.resolve_backbone(str(base), cfg.device)

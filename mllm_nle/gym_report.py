@@ -12,6 +12,8 @@ import numpy as np
 from .core import get_logger, load_json, load_jsonl, save_json
 from .experiment import markdown_table
 from .gym import GYM_METHODS, METRICS, ROWS, TABLE_METRICS, matching_sft, row_method, item_field, item_number
+from .losses import MCM_FACETS
+from .plots import save_figure
 
 log = get_logger("mllm_nle.gym_report")
 
@@ -162,7 +164,6 @@ def _marker(name: str) -> str:
 def metric_bars(study: dict, path=None, ncols: int = 4):
     "One panel per column: a bar per row (colour: method), mean ± std over seeds; the base's single evaluation as a line."
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     keys = [k for k in TABLE_METRICS if any(k in v for v in study["summary"].values())]
     names = [n for n in study["rows"] if n in study["summary"]]
     nrows = -(-len(keys) // ncols)
@@ -187,7 +188,6 @@ def metric_bars(study: dict, path=None, ncols: int = 4):
 def loss_curves(out, study: dict, path=None):
     "One panel per method: each row's training loss against the tokens it has processed (mean over seeds at each logged step)."
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     methods = [m for m in GYM_METHODS if any(row_method(r) == m for r in study["runs"])]
     fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(4.3 * max(1, len(methods)), 3.3), squeeze=False)
     for ax, m in zip(axes.flat, methods):
@@ -208,7 +208,6 @@ def loss_curves(out, study: dict, path=None):
 def tradeoff_scatter(study: dict, path=None, y: str = "claim_hallucination", xs=("accuracy", "CIDEr", "pope_f1")):
     "Faithfulness (1 − the exact claim hallucination rate) against each task score: one point per row, error bars = std over seeds."
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     fig, axes = plt.subplots(1, len(xs), figsize=(4.6 * len(xs), 4), squeeze=False)
     colour = {m: f"C{i}" for i, m in enumerate(GYM_METHODS)}
     for ax, x in zip(axes.flat, xs):
@@ -247,7 +246,6 @@ def train_logs(out, study: dict, method: str) -> dict:
 
 def final_margins(out, study: dict, name: str = "mcmdpo/mcm_dpo") -> str:
     "MCM-DPO's β-scaled reward margin per facet at the last logged step, mean ± std over seeds."
-    from mllm_nle.losses import MCM_FACETS
     logs = train_logs(out, study, row_method(name)).get(name.split("/")[1], {})
     last = [[h for h in lh if "margins/response" in h][-1] for lh in logs.values() if any("margins/response" in h for h in lh)]
     lines = [[f, w, f"{np.mean([h[f'margins/{f}'] for h in last]):+.3f} ± {np.std([h[f'margins/{f}'] for h in last], ddof=1) if len(last) > 1 else 0:.3f}"]

@@ -12,6 +12,7 @@ from .core import load_json, save_json, save_jsonl
 from .experiment import markdown_table
 from .gym import AA_ROWS, CONTROL_ROWS, METRICS, TABLE_METRICS, is_control, matching_sft, row_method
 from .gym_report import FIX_PAIRS, HOME_METRICS, excludes_zero, paired_draws
+from .gym_audit import minimum_detectable_effect
 
 # %% auto #0
 __all__ = ['EXTRA_PAIRS', 'CAPTION_CONTROLS', 'POSITIVE_CONTROLS', 'load_gym', 'pooled_summary', 'bootstrap_p', 'paired_bases',
@@ -177,7 +178,6 @@ def _trial_text(x: dict) -> str:
 
 def mde_table(pairs: list[dict], g: dict, columns=tuple(TABLE_METRICS), power: float = 0.8) -> tuple[str, dict]:
     "Per column: the median minimum detectable effect (80% power) over the row-vs-SFT cells, beside the SFT rows' level."
-    from mllm_nle.gym_audit import minimum_detectable_effect
     summ, out, lines = pooled_summary(g), {}, []
     for k in columns:
         ps = [p for p in pairs if p["key"] == k and "q" in p and np.isfinite(p["ci95"]).all()]

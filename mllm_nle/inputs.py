@@ -102,6 +102,7 @@ def image_tokens(processor, width: int, height: int) -> int:
     side = ip.crop_size["height"] if getattr(ip, "do_center_crop", True) else ip.size["shortest_edge"]
     return (side // processor.patch_size) ** 2
 
+# %% ../nbs/01b_inputs.ipynb #046a11f2
 def cap_image_tokens(processor, max_image_tokens: int | None):
     "Cap `processor`'s image tokens at `max_image_tokens` (Qwen: `max_pixels`; LLaVA: checked against its fixed count)."
     if max_image_tokens is None: return processor

@@ -254,6 +254,7 @@ def _level_margin(ml, w, lv, pos_idx, code, beta, margin):
     gap = ml[pos_idx[rows]] - ml[rows]
     return (w[rows].abs() * -F.logsigmoid(beta * gap - margin)).mean(), (gap > 0).float().mean()
 
+# %% ../nbs/06_losses.ipynb #433fe2bb
 def mcle_multilevel(mean_logps: torch.Tensor, weights: torch.Tensor, levels, groups,
                     text_features: torch.Tensor|None=None,     # [B,H] pooled explanation features
                     image_features: torch.Tensor|None=None,    # [n_images,H] pooled image features

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .grammar import parse_nle, strip_because, yes_no
+from . import world
 
 # %% auto #0
 __all__ = ['CAPTION_METRICS', 'Judge', 'COCO_SYNONYMS', 'vqa_normalize', 'answer_accuracy', 'spice_status', 'simple_tokenize',
@@ -101,6 +102,7 @@ def _meteor():
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
+# %% ../nbs/04_metrics.ipynb #7acd8577
 def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
                    metrics: Iterable[str] = ("bleu", "meteor", "rouge", "cider", "spice"),
                    tokenizer: str = "ptb") -> dict:
@@ -209,7 +211,6 @@ class ConsistencyMatrix:
 # %% ../nbs/04_metrics.ipynb #96d8e389
 def world_consistency(scenes, questions: Sequence[str], outputs: Sequence[str], answers: Sequence[str] | None = None) -> dict:
     "Exact consistency on synthetic scenes: per-item checks and a `ConsistencyMatrix`."
-    from mllm_nle import world
     if not (len(scenes) == len(questions) == len(outputs)):
         raise ValueError(f"world_consistency: lengths differ ({len(scenes)}, {len(questions)}, {len(outputs)})")
     items, sup, cor = [], [], []
@@ -347,7 +348,6 @@ def chair_scores(captions: Sequence[str], gt_objects: Sequence[Iterable[str]], t
 # %% ../nbs/04_metrics.ipynb #5a2eec98
 def world_synonyms(extra: dict[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
     "Synonym table of the synthetic world: each category names itself (plurals via `singularize`)."
-    from mllm_nle import world
     return {c: [c, *(extra or {}).get(c, [])] for c in world.CATEGORIES}
 
 def scene_objects(scene) -> list[str]:

@@ -15,6 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .core import pick_device, seed_everything
 from . import inputs
+from .world_data import corpus_sentences
 
 # %% auto #0
 __all__ = ['FAMILIES', 'INPUT_OPTIONS', 'QWEN_CHAT_TEMPLATE', 'LLAVA_CHAT_TEMPLATE', 'QWEN_SPECIAL_TOKENS',
@@ -146,7 +147,6 @@ Please describe the objects, their colours, sizes and positions. Two birds fly a
 def tokenizer_corpus(n: int = 2000, seed: int = 0) -> list[str]:
     "Sentences for the tiny tokenizers: the synthetic world's corpus (when available) plus general English."
     try:
-        from mllm_nle.world_data import corpus_sentences
         world = list(corpus_sentences(n=n, seed=seed))
     except ImportError: world = []
     return world + [s.strip() for s in _ENGLISH.splitlines() if s.strip()] * 4
@@ -208,6 +208,7 @@ def _tiny_qwen(tok, sz: dict):
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     return model, proc
 
+# %% ../nbs/02_models.ipynb #1c93d308
 def _tiny_llava(tok, sz: dict):
     from transformers import (LlavaConfig, LlavaForConditionalGeneration, CLIPVisionConfig, LlamaConfig,
                               CLIPImageProcessor, LlavaProcessor)
@@ -323,6 +324,7 @@ def _quiet_peft():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
 
+# %% ../nbs/02_models.ipynb #c0742c55
 def set_trainable(model, vision: bool = False, projector: bool = True, llm: bool = True):
     "Freeze or unfreeze each part. A part carrying LoRA adapters trains its adapters only; otherwise all its weights."
     want = dict(vision=vision, projector=projector, llm=llm)
@@ -356,6 +358,7 @@ def _restore_parts(model, path: Path):
     with torch.no_grad():
         for k, v in state.items(): params[k].copy_(v.to(params[k].dtype))
 
+# %% ../nbs/02_models.ipynb #ae6466fe
 def load_adapter(backbone: Backbone, ckpt_dir: str | Path, is_trainable: bool = False) -> Backbone:
     """The evaluated model of a run: the peft adapter in `ckpt_dir` (or its `adapter/` sub-folder) on `backbone`'s base model,
     after the weights the run trained whole (`TRAINED_PARTS`); its method modules' weights (`METHOD_MODULES`) as `method_state`."""
@@ -515,6 +518,7 @@ def _image_token_id(model) -> int:
     cfg = hf_model(model).config
     return cfg.image_token_id if getattr(cfg, "image_token_id", None) is not None else cfg.image_token_index
 
+# %% ../nbs/02_models.ipynb #f9b14fc0
 def llm_inputs(model, batch: dict, feats: list[torch.Tensor] | None = None):
     "`(inputs_embeds, attention_mask, position_ids)` for the language model, image tokens filled from `feats`."
     hf = hf_model(model); inner = hf.model
@@ -620,6 +624,7 @@ def pooled_text(model, batch: dict) -> torch.Tensor:
     "Final hidden state at each row's last token: `[B, H]`."
     return forward_features(model, batch, ("text",))["text"]
 
+# %% ../nbs/02_models.ipynb #728db20b
 def pooled_image(model, batch: dict) -> torch.Tensor:
     "Mean visual token (as the LLM receives it) of each distinct image: `[n_images, H]`."
     return forward_features(model, batch, ("image",))["image"]

@@ -226,6 +226,7 @@ def realshape_dir(kind: str, legacy: bool = False, seed: int = 0, cache_dir=None
         except OSError: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
+# %% ../nbs/02b_realshape.ipynb #3f01ddf5
 def parse_spec(spec: str) -> tuple[str, bool, int]:
     "`realshape:<kind>[:legacy][:<seed>]` -> `(kind, legacy, seed)`."
     parts = spec.split(":")

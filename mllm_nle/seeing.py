@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import models, world
 from .core import ConfigError, get_logger, load_config, pick_device, seed_everything
+from .plots import save_figure
 
 log = get_logger("mllm_nle.seeing")
 
@@ -141,6 +142,7 @@ def untrained_backbone(cfg: SeeingConfig) -> models.Backbone:
     dev, _ = pick_device(cfg.device)
     return models.Backbone(model.to(dev).eval(), proc, cfg.family, None)
 
+# %% ../nbs/02a_seeing.ipynb #26e6b75a
 def token_grid(image_size: int) -> int:
     "Side of the visual-token grid the LLM sees (both families: one token per 28 px): 3 at 84 px."
     return image_size // 28
@@ -536,7 +538,6 @@ def ablation_figure(results: dict[str, dict], path=None):
     "Grouped bars of accuracy per type, overall accuracy and consistency per arm (replicates: mean bar + dots)."
     import re
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     keys = [*TYPES, "overall", "consistency"]
     arms: dict[str, list] = {}
     for name, r in results.items():

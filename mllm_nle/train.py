@@ -14,6 +14,11 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .core import get_logger, load_json, save_json, DataFileError, ConfigError
+from . import models
+from . import world
+from .batches import SFTCollator
+from .core import save_safetensors
+from .models import autocast_for
 
 log = get_logger("mllm_nle.train")
 
@@ -57,7 +62,6 @@ FEATURES = ("logps", "text", "prompt", "image", "image_llm")
 
 def compute_features(model, batch: dict, needs, **feature_kw) -> dict:
     "Compute each of `needs` (`'[subbatch:]feature'`) on `batch` with one `models.forward_features` pass per sub-batch."
-    from mllm_nle import models
     by_key: dict = {}
     for need in needs:
         optional, need = need.startswith("?"), need.lstrip("?")
@@ -84,17 +88,14 @@ def _adapter_disabled(model):
 
 def reference_logps(model, batch: dict):
     "Sequence log-probs of the base model (adapters disabled), without gradients."
-    from mllm_nle import models
     with torch.no_grad(), _adapter_disabled(model): return models.sequence_logps(model, batch)
 
 def _adapters_outside_llm(model) -> bool:
-    from mllm_nle import models
     return any("lora_" in n and models.module_part(n) != "llm" for n, _ in model.named_parameters())
 
 def policy_and_reference_logps(model, batch: dict):
     """`(policy, reference)` sequence log-probs sharing one vision pass: when no adapter sits in the
     vision tower or projector, disabling the adapters leaves the image features unchanged."""
-    from mllm_nle import models
     if _adapters_outside_llm(model): return models.sequence_logps(model, batch), reference_logps(model, batch)
     feats = models.image_features(model, batch)
     def run(f):
@@ -153,6 +154,7 @@ METHODS: dict[str, Callable[..., Method]] = {}
 METHOD_DATA: dict[str, str] = {}        # method name -> the `data.load_records` format its records come in
 METHOD_PREPARE: dict[str, Callable] = {}  # method name -> prepare(records, **method options) -> records, run once on the dataset
 
+# %% ../nbs/07_train.ipynb #f1a3fa35
 def register_method(name: str, data: str | None = None, prepare: Callable | None = None):
     """Decorator adding a `Method` factory to `METHODS`, its records' format to `METHOD_DATA`, and a `prepare` step
     that a method needs on the whole dataset before training (e.g. negatives drawn from all records) to `METHOD_PREPARE`."""
@@ -170,8 +172,8 @@ def prepare_records(name: str, records: list, **method_kw) -> list:
 # %% ../nbs/07_train.ipynb #ce12fd72
 def get_method(name: str, **kw) -> Method:
     "Build the registered method `name` with options `kw` (an unknown option is an error naming it)."
-    if name not in METHODS: raise ConfigError(f"unknown method {name!r}; registered: {sorted(METHODS)} "
-                                              "(recipes register theirs when mllm_nle.recipes is imported)")
+    if name not in METHODS: import mllm_nle.recipes        # registers the recipes' methods; here, since the recipes import this module
+    if name not in METHODS: raise ConfigError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     check_kwargs(METHODS[name], kw, f"method {name!r}")
     return METHODS[name](**kw)
 
@@ -221,6 +223,7 @@ def checkpoint_problem(ckpt) -> str | None:
         if p.stat().st_size != size: return f"{name} has {p.stat().st_size} bytes, {size} when it was saved"
     return None
 
+# %% ../nbs/07_train.ipynb #301ba461
 def last_complete_checkpoint(output_dir, warn: bool = True) -> tuple[Path | None, list[Path]]:
     "`(newest complete checkpoint-N in output_dir or None, the torn ones newer than it)`; each torn one is logged."
     ckpts = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) is not None),
@@ -241,8 +244,6 @@ def set_aside(ckpts) -> list[Path]:
         if dst.exists(): shutil.rmtree(dst)
         os.replace(c, dst); out.append(dst)
     return out
-
-
 
 # %% ../nbs/07_train.ipynb #89d6a5f2
 def _same(a, b) -> bool:
@@ -272,6 +273,7 @@ def _adapter_shapes(model) -> dict:
 
 _SIZE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads")
 
+# %% ../nbs/07_train.ipynb #16035c35
 def check_checkpoint_fits(model, ckpt) -> None:
     "Raise a `CheckpointError` naming what differs when `ckpt` was written for another base model, LoRA config or tensor shapes."
     ckpt = Path(ckpt); diffs = []
@@ -299,8 +301,6 @@ def check_checkpoint_fits(model, ckpt) -> None:
     if mm is not None and f.exists():
         diffs = _shape_diffs(f, {k: tuple(v.shape) for k, v in mm.state_dict().items()})
         if diffs: raise CheckpointError(f"{f}: the method's extra modules do not fit: " + "; ".join(diffs[:3]))
-
-
 
 # %% ../nbs/07_train.ipynb #9b1b4a5b
 class BatchTooLargeError(RuntimeError):
@@ -332,8 +332,6 @@ class CheckpointingTrainer(Trainer):
     complete checkpoint that fits the model, and a method's own modules (`model.method_modules`) are saved and restored."""
     def _save(self, output_dir=None, state_dict=None):
         "The Trainer's save; beside a LoRA adapter also the weights trained whole (`models.TRAINED_PARTS`), and the method's modules."
-        from mllm_nle import models
-        from mllm_nle.core import save_safetensors
         super()._save(output_dir, state_dict)
         out, inner = Path(output_dir or self.args.output_dir), self.accelerator.unwrap_model(self.model)
         parts = models.trained_parts_state(inner) if hasattr(inner, "peft_config") else {}
@@ -378,7 +376,6 @@ class CheckpointingTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from safetensors.torch import load_file
-        from mllm_nle import models
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         ckpt, inner = Path(resume_from_checkpoint), self.accelerator.unwrap_model(model or self.model)
         if (ckpt / models.TRAINED_PARTS).exists():
@@ -412,7 +409,6 @@ class MethodTrainer(CheckpointingTrainer):
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from mllm_nle.models import autocast_for
         inner = self.accelerator.unwrap_model(model)
         with autocast_for(inner):   # fp32 trained parts on a bf16 base: the Trainer's autocast wraps model.forward, which we bypass
             loss, metrics = self.method(model, inputs) if inner is model else _inside_wrapper(model, inner, self.method, inputs)
@@ -469,6 +465,7 @@ def _append_lines(f, rows):
     "Append JSON lines in one write, then flush and fsync: a kill leaves whole lines, and at most one cut line."
     f.write("".join(json.dumps(r) + "\n" for r in rows)); f.flush(); os.fsync(f.fileno())
 
+# %% ../nbs/07_train.ipynb #a91bbcc6
 def _read_partial(part: Path, header: dict) -> dict:
     "`{id: {sum, mean}}` finished by an interrupted run into `part` (a cut last line dropped); {} if it is another run's."
     if not part.exists(): return {}
@@ -492,7 +489,6 @@ def _read_partial(part: Path, header: dict) -> dict:
 def precompute_reference_logps(model, records: list, collator, out_path, batch_size: int = 8, device=None) -> Path:
     """Run the base model (adapters disabled when present) over `records`; save `{id: {sum: [..], mean: [..]}}` as JSON.
     Resumable: finished batches go to `<out_path>.partial.jsonl`, which a re-run after a crash continues."""
-    from mllm_nle import models
     from tqdm.auto import tqdm
     device = device or next(model.parameters()).device
     ids = [r.get("id") for r in records]
@@ -530,6 +526,7 @@ def precompute_reference_logps(model, records: list, collator, out_path, batch_s
     part.unlink(missing_ok=True)
     return path
 
+# %% ../nbs/07_train.ipynb #855753b4
 def attach_reference_logps(records: list, path, reduce: str = "sum") -> list:
     "Copies of `records` with their stored reference log-probs: `ref_chosen_logp`/`ref_rejected_logp` or `ref_logps`."
     if reduce not in ("sum", "mean"): raise ConfigError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
@@ -548,7 +545,6 @@ def build_trainer(method: Method, backbone, train_records: list, args: TrainingA
                   collator_kw: dict | None = None) -> MethodTrainer:
     """A `MethodTrainer` for `method` on `backbone` (LoRA added with `lora` options unless already a peft model);
     `collator_kw` are options of the method's own collator (e.g. `max_image_pixels`)."""
-    from mllm_nle import models
     model = backbone.model
     if not hasattr(model, "peft_config"): model = backbone.model = models.add_lora(model, **(lora or {}))
     if method.reference == "live" and not hasattr(model, "disable_adapter"):
@@ -584,14 +580,12 @@ def _sft_loss(mean_logps, weights=None):
 @register_method("sft", data="llava")
 def sft_method(weighted: bool = False) -> Method:
     "Supervised fine-tuning on responses (`weighted`: multiply each row by its record weight)."
-    from mllm_nle.batches import SFTCollator
     return Method("sft", _sft_loss, lambda b, f: dict(mean_logps=f["logps"].mean, weights=b.get("weights") if weighted else None),
                   collator=SFTCollator)
 
 # %% ../nbs/07_train.ipynb #3cb3fbd8
 def toy_images(n: int, out_dir, seed: int = 0, size: int = 56) -> list:
     "`n` synthetic-world `(scene, image path)` pairs, the images rendered once into `out_dir/images`."
-    from mllm_nle import world
     (img_dir := Path(out_dir) / "images").mkdir(parents=True, exist_ok=True)
     out = []
     for sc in world.make_scenes(n, seed=seed, prefix="toy"):

@@ -166,6 +166,7 @@ def _desc(m, p):
     g = lambda k: (m.group(p + k) or None) and m.group(p + k).lower()
     return {"size": g("size"), "colour": g("colour"), "category": _NOUN[g("noun")], "pos": g("pos")}
 
+# %% ../nbs/01_world.ipynb #908cc903
 def parse_clause(text: str) -> dict | None:
     "One clause or sentence -> a fact dict, or None if it is outside the world's grammar."
     t = " ".join(text.split()).rstrip(".").strip()
@@ -253,6 +254,7 @@ def parse_question(text: str) -> dict | None:
             return q
     return None
 
+# %% ../nbs/01_world.ipynb #a695b141
 def answer_question(scene: Scene, question: str | dict) -> str | None:
     "The exact answer of a world question, or None (not a world question, or its definite subject is not unique)."
     q = parse_question(question) if isinstance(question, str) else question
@@ -309,6 +311,7 @@ def _rel_answer(fact_rel, qrel):
     if fact_rel == INVERSE[qrel] or fact_rel == ("same_column" if qrel in ("left", "right") else "same_row"): return "no"
     return None
 
+# %% ../nbs/01_world.ipynb #2eb5cf5c
 def implied_answer(facts: list[dict], q: dict) -> str | None:
     "The answer to `q` that `facts` alone entail, or None when they entail none (or conflicting ones)."
     t, c, out = q["type"], q.get("category"), set()

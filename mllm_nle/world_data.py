@@ -69,6 +69,7 @@ def vqax_items(scene: Scene, q: dict, img: str, others: list[Scene], rng: random
         out.append(rec("instance", question_text(p), out[0]["response"]))
     return out
 
+# %% ../nbs/01a_world_data.ipynb #ed24e9d6
 def write_vqax(out_dir, n_train: int = 1000, n_test: int = 200, seed: int = 0, image_size: int = 112,
                negatives=("semantic", "image", "instance"), n_refs: int = 3, test_scene_kw: dict | None = None,
                test_types=QUESTION_TYPES, **scene_kw) -> list[Path]:
@@ -124,6 +125,7 @@ def _edit_one(scene, sents, kind, rng):
     d["text"] = t
     return i, d, False
 
+# %% ../nbs/01a_world_data.ipynb #4686a5de
 def hallucinate(scene: Scene, sents: list[dict], rng: random.Random, kinds=EDIT_TYPES, n_edits: int = 1):
     "Apply `n_edits` edits of distinct kinds to untouched sentences; returns (sentences, edits) or None if impossible."
     sents, edits = [dict(d) for d in sents], []

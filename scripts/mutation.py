@@ -35,6 +35,7 @@ GROUPS = {
                             "pair_stage", "pair_quality", "preference_records", "verdict_counts", "records_quality", "exact_pairs_quality"),
     "paired statistics": fns("experiment", "_item_values", "paired_difference", "study_summary")
                       + fns("gym_report", "item_values", "_ratio", "paired_metric", "excludes_zero", "verdict"),
+    "gym verdicts": fns("gym_verdicts", "bootstrap_p", "paired_bases", "bh_adjust", "improves", "column_status", "verdict"),
     "gym budget": fns("gym", "count_llm_tokens", "tokens_per_step", "plan_steps", "item_number", "metric_from_rows"),
     "cache keys": fns("experiment", "config_key", "model_id", "file_id")
                       + fns("train", "_weights_fingerprint", "_content_hash", "_read_partial", "precompute_reference_logps",

@@ -25,3 +25,12 @@ def run_notebook(notebook: str, d: Path, params: dict, extra=(), env: dict | Non
     pf = d/"params.yaml"; pf.write_text(yaml.safe_dump(params))
     return subprocess.run(papermill_cmd(notebook, d/"executed.ipynb", pf, extra), env=env or papermill_env(),
                           capture_output=True, text=True, timeout=900)
+
+
+def assert_figures_shown(nb_path: Path, at_least: int = 1):
+    "The executed notebook shows its figures as PNG outputs, not as `<Figure size ...>` text (an Agg backend with no inline)."
+    import json
+    outs = [o for c in json.loads(Path(nb_path).read_text())["cells"] for o in c.get("outputs", [])]
+    pngs = sum("image/png" in o.get("data", {}) for o in outs)
+    placeholders = [o for o in outs if "<Figure size" in "".join(o.get("data", {}).get("text/plain", "")) and "image/png" not in o.get("data", {})]
+    assert pngs >= at_least and not placeholders, f"{nb_path}: {pngs} PNG output(s), {len(placeholders)} figure(s) shown as text"

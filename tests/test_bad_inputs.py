@@ -251,3 +251,26 @@ def test_corrupt_reference_partial_file_names_file_and_line(tmp_path, caplog):
     part.write_text("\n".join([good[0], "{not json", *good[1:]]) + "\n")
     with pytest.raises(DataFileError, match=rf"{part}: line 2: not a reference log-prob line"):
         T.precompute_reference_logps(bb.model, recs, col, out, batch_size=2)
+
+
+# ---------------------------------------------------------------- settings out of range, refused where they are read
+def test_beta_must_be_positive_in_every_home():
+    "β ≤ 0 would flip or zero every DPO margin (IPO divides by 2β): the configs and the registered methods refuse it."
+    from mllm_nle.recipes import dgpref, mcmdpo
+    for make, where in ((lambda: T.get_method("dpo", beta=0.0), "dpo: beta"), (lambda: T.get_method("mcm_dpo", beta=-0.1), "mcm_dpo: beta"),
+                        (lambda: dgpref.DGPrefConfig(beta=0.0), "DGPrefConfig: beta"), (lambda: mcmdpo.MCMDPOConfig(beta=-1.0), "MCMDPOConfig: beta")):
+        with pytest.raises(ConfigError, match=where): make()
+    assert T.get_method("dpo", beta=0.05).loss_kwargs["beta"] == 0.05
+
+
+def test_mcle_method_defaults_to_the_config_default():
+    "`get_method('mcle')` (what the CLI builds with no --method_kw) is MCLEConfig's default variant, not the released one."
+    m = T.get_method("mcle")
+    assert m.name == f"mcle-{mcle.MCLEConfig().variant}" == "mcle-multilevel" and m.loss_kwargs["variant"] == "multilevel"
+
+
+def test_dgpref_refuses_a_seed_it_would_ignore():
+    "A DGPref run trains each seed of `seeds`; `-p seed 3` used to be accepted and silently ignored."
+    from mllm_nle.recipes import dgpref
+    with pytest.raises(ConfigError, match="`seed` is not used"): dgpref.DGPrefConfig(seed=3)
+    assert dgpref.DGPrefConfig(seeds=[3]).seeds == [3]

@@ -7,7 +7,7 @@ import pytest, yaml
 
 from mllm_nle.core import ConfigError, DataFileError, load_config, load_json
 from mllm_nle.recipes import dgpref, dgpref_decompose as D, dgpref_pipeline as P
-from notebook_runs import papermill_cmd, papermill_env
+from notebook_runs import assert_figures_shown, papermill_cmd, papermill_env
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 10
@@ -86,6 +86,7 @@ def test_train_notebook_smoke(data_run):
     tmp, out = data_run["tmp"], data_run["out"]
     r = subprocess.run(_cmd(tmp, data_run["params"], "dgpref_train.ipynb", "train"), env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_figures_shown(tmp/"train.ipynb")
     m = load_json(out/"metrics.json")
     fs = m["first_step"]
     assert abs(fs["cached"] - fs["live"]) < 1e-4 and abs(fs["cached_perturbed"] - fs["live_perturbed"]) < 1e-4

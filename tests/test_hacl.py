@@ -13,7 +13,7 @@ from mllm_nle.core import DataFileError, save_json
 from mllm_nle.losses import hacl_contrastive_loss
 from mllm_nle.recipes import hacl, hacl_data
 from mllm_nle.train import get_method
-from notebook_runs import run_notebook
+from notebook_runs import assert_figures_shown, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = dict(run_name="smoke", n_train=24, n_vqa=1, n_probe=6, n_bench=4, sft_steps=4, sft_batch_size=4, steps=3, batch_size=4,
@@ -30,6 +30,7 @@ def _run_papermill(tmp_path, params: dict, extra=()):
 def test_hacl_notebook_smoke(tmp_path):
     r = _run_papermill(tmp_path, SMOKE)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_figures_shown(tmp_path/"executed.ipynb")
     out = tmp_path/"outputs"/"hacl"/"smoke"
     m = json.loads((out/"metrics.json").read_text())
     assert set(m["models"]) == {"baseline", "sft", "hacl"} and m["negatives"]["n"] > 0

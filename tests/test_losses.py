@@ -1,4 +1,4 @@
-"""Property and reference tests for `mllm_nle.losses` (issue 7).
+"""Property and reference tests for `mllm_nle.losses`.
 
 Reference check: TRL could not be imported here (TRL 1.16.0 needs `datasets`, which the project's
 environment does not have, and installing it would pull pandas/pyarrow). Its formulas are therefore

@@ -1,8 +1,8 @@
 "MCLE end to end: the experiment notebook through papermill with smoke parameters."
-import json
+import json, subprocess, sys
 from pathlib import Path
 import pytest, yaml
-from notebook_runs import run_notebook
+from notebook_runs import assert_figures_shown, papermill_env, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = dict(run_name="smoke", n_train=24, n_test=6, sft_steps=6, sft_batch_size=4, steps=3, batch_size=4,
@@ -15,6 +15,7 @@ def _run_papermill(tmp_path, params: dict, notebook: str, extra=()):
 def _papermill(tmp_path, params: dict, notebook: str = "mcle_train.ipynb"):
     r = _run_papermill(tmp_path, params, notebook)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_figures_shown(tmp_path/"executed.ipynb")
     return tmp_path/"outputs"/"mcle"/params["run_name"]
 
 def test_unknown_parameter_is_an_error_naming_it(tmp_path):
@@ -23,8 +24,21 @@ def test_unknown_parameter_is_an_error_naming_it(tmp_path):
     assert r.returncode != 0 and "stepz" in r.stderr and "unknown parameter" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path/"outputs"/"mcle"/"typo"/"metrics.json").exists()
 
-def test_mcle_notebook_smoke(tmp_path):
-    out = _papermill(tmp_path, SMOKE)
+def test_console_script_trains_mcle_and_rejects_a_typo(tmp_path):
+    "`mllm-nle train mcle -f params --steps 3` executes the notebook into its run folder; `--stepz` stops before anything runs."
+    cli = Path(sys.executable).parent/"mllm-nle"
+    assert cli.exists(), f"{cli}: the console script is not installed (settings.ini console_scripts; bash scripts/env.sh)"
+    pf = tmp_path/"params.yaml"
+    pf.write_text(yaml.safe_dump({**SMOKE, "steps": 1, "cache_dir": str(tmp_path/"cache"), "output_root": str(tmp_path/"outputs")}))
+    bad = subprocess.run([str(cli), "train", "mcle", "-f", str(pf), "--stepz", "3"], env=papermill_env(), capture_output=True, text=True)
+    assert bad.returncode == 2 and "no setting '--stepz'" in bad.stderr and not (tmp_path/"outputs").exists(), bad.stderr[-2000:]
+    r = subprocess.run([str(cli), "train", "mcle", "-f", str(pf), "--steps", "3"], env=papermill_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = tmp_path/"outputs"/"mcle"/SMOKE["run_name"]
+    assert_figures_shown(out/"mcle_train.ipynb")
+    _check_smoke_run(out)
+
+def _check_smoke_run(out):
     m = json.loads((out/"metrics.json").read_text())
     assert set(m["models"]) == {"baseline", "sft_continued", "mcle_multilevel", "mcle_official"}
     for name, r in m["models"].items():

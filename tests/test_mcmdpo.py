@@ -13,7 +13,7 @@ from mllm_nle.core import ConfigError, DataFileError, shared_data
 from mllm_nle.losses import MCM_CONDITIONS
 from mllm_nle.recipes import mcmdpo, mcmdpo_experiment as mx
 from mllm_nle.train import build_trainer, get_method, make_training_args
-from notebook_runs import run_notebook
+from notebook_runs import assert_figures_shown, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 MCM = shared_data("mcm-dpo-samples")
@@ -32,6 +32,7 @@ def test_mcmdpo_notebook_smoke(tmp_path):
     "SFT stage, DPO and MCM-DPO at equal epochs, greedy and beam-3 evaluation with the exact world checks, figures."
     r = _papermill(tmp_path, SMOKE)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_figures_shown(tmp_path/"executed.ipynb")
     out = tmp_path/"outputs"/"mcmdpo"/"smoke"
     m = json.loads((out/"metrics.json").read_text())
     assert set(m["models"]) == {"baseline", "dpo", "mcm_dpo"} and m["n_test"] == 4 and m["paradigm"] == "d"

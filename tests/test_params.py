@@ -43,3 +43,14 @@ def test_a_typo_in_loss_kwargs_names_the_key():
     cfg = mcle.MCLEConfig(loss_kwargs={"lamdas": {"semantic": 1.0}})
     with pytest.raises(ConfigError, match="lamdas"):
         mcle.mcle_arms(cfg, mcle.MCLEData(train=[dict(id="a", group="g", weight=1.0)], test=[], scenes=None, source="", reports={}))
+
+
+@pytest.mark.parametrize("cls", [mcle.MCLEConfig, dgpref.DGPrefConfig, hacl.HACLConfig, mcmdpo.MCMDPOConfig, gym.GymConfig],
+                         ids=lambda c: c.__name__)
+def test_every_setting_has_help_text(cls):
+    "Each field's help is the comment on its line (its own class's, or a base class's): `mllm-nle settings` prints it."
+    from dataclasses import fields
+    from mllm_nle.experiment import config_help
+    helps = config_help(cls)
+    missing = [f.name for f in fields(cls) if not helps.get(f.name)]
+    assert not missing, f"{cls.__name__}: no help text for {missing}"

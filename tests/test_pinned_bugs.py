@@ -1,4 +1,4 @@
-"""Four behaviours that once let a realistic one-line bug pass every test (issue 20).
+"""Four behaviours that once let a realistic one-line bug pass every test.
 
 Each test here was checked by putting its bug back into the library and watching the test fail:
 1. the live DPO reference computed with the adapters left on;

@@ -1,4 +1,4 @@
-"""Reliability at scale, as tests a user can read (issue 18): real `kill -9`s of training and of the
+"""Reliability at scale, as tests a user can read: real `kill -9`s of training and of the
 reference-log-prob writer, torn checkpoints, one process against two, and determinism of the
 experiment notebooks.
 

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .. import world
 from ..core import ConfigError
 from ..batches import Collator
 from ..experiment import RunConfig
 from ..train import Method, batch_reference_logps, register_method, toy_answer, toy_images
+from .. import losses
 
 # %% auto #0
 __all__ = ['SUPPORTED', 'REFUTED', 'DROPPED', 'ABSENT', 'VERDICTS', 'ASPECTS', 'DEFAULT_ASPECTS', 'EXPERT_NAMES', 'ARM_NAMES',
@@ -41,7 +43,7 @@ class DGPrefConfig(RunConfig):
     vqa_per_image: int = 3                # yes/no questions per SFT scene (so the model can answer POPE and act as a VQA expert)
     n_images: int = 96                    # the DGPref pool: images the policy captions (the release: ~12,600 VG images)
     n_bench: int = 60                     # held-out benchmark scenes
-    image_size: int = 112
+    image_size: int = 112   # synthetic images' side in pixels
     # real data instead of the synthetic world (local files; the oracle, noisy oracles, SFT and the edit control need the world)
     pool_images: str | None = None        # a folder of images to caption, file stem = id (the release: Visual Genome); first n_images
     objhal_file: str | None = None        # Object HalBench JSON Lines (RLAIF-V's obj_halbench_300_with_image.jsonl)
@@ -52,18 +54,18 @@ class DGPrefConfig(RunConfig):
     amber_image_root: str | None = None   # AMBER's images
     # 1. sampling
     n_samples: int = 8                    # captions per image (the release: 8, one per template)
-    temperature: float = 0.7
+    temperature: float = 0.7   # caption sampling temperature (> 0)
     sample_top_k: int | None = 50         # top-k of the caption sampling (the release: transformers' default, 50); null: none
     sample_top_p: float = 1.0             # nucleus of the caption sampling (the release: none, 1.0)
     shared_prompt: bool = True            # chosen and rejected share one prompt (False: each caption keeps its own, as released)
-    caption_max_new_tokens: int = 72
-    sample_batch_size: int = 64
+    caption_max_new_tokens: int = 72   # sampled captions' length limit
+    sample_batch_size: int = 64   # captions sampled per generate call
     # 2. decomposition
     decomposer: str = "world"             # world (rule-based, the world's language) | llm (in-context, local model)
     decomposer_model: str | None = None   # local path of the LLM decomposer (the release: Meta-Llama-3-8B-Instruct)
     templates_dir: str | None = None      # the published decomposition templates (default: ../shared/data/dgpref-published/templates)
-    decomposer_max_new_tokens: int = 256
-    decomposer_batch_size: int = 8
+    decomposer_max_new_tokens: int = 256   # llm decomposer: its generation limit
+    decomposer_batch_size: int = 8   # llm decomposer: prompts per generate call
     # 3. experts
     noise_levels: list[float] = field(default_factory=lambda: [0.1, 0.3])   # noisy oracles: verdict flip rates
     vqa_expert: bool = True               # the base model asked yes/no questions, greedily
@@ -72,16 +74,16 @@ class DGPrefConfig(RunConfig):
     blip2_model: str | None = None        # Salesforce/blip2-flan-t5-xl
     cola_model: str | None = None         # textattack/distilbert-base-uncased-CoLA
     easyocr_dir: str | None = None        # EasyOCR's model folder (craft_mlt_25k.pth, english_g2.pth)
-    owlvit_threshold: float = 0.25
-    cola_threshold: float = 0.75
+    owlvit_threshold: float = 0.25   # OWL-ViT: box score above which an object counts as present
+    cola_threshold: float = 0.75   # CoLA: acceptability above which a BLIP-2 answer counts
     blip2_sample: bool = False            # the release sampled BLIP-2 (do_sample=True); greedy by default
     # 4. scores and pairs
-    aspects: list[str] = field(default_factory=lambda: list(DEFAULT_ASPECTS))
-    min_gap: float = 0.3
+    aspects: list[str] = field(default_factory=lambda: list(DEFAULT_ASPECTS))   # the aspects the caption score counts (ASPECTS)
+    min_gap: float = 0.3   # least score gap between the chosen and rejected caption of a pair
     equal_length_pairs: bool = False      # pair only captions with as many sentences (no length bias in the pairs)
     # 5-6. DPO
     loss_type: str = "sigmoid"            # sigmoid | ipo
-    beta: float = 0.1
+    beta: float = 0.1   # DPO's beta (> 0)
     reference: str = "batch"              # batch: reference log-probs cached once by the frozen base | live | none
     max_length: int | None = None         # collator truncation (tokens); the cache sees the same sequences
     lora_targets: list[str] | None = field(default_factory=lambda: ["q_proj", "v_proj"])   # the release's LoRA targets
@@ -89,13 +91,13 @@ class DGPrefConfig(RunConfig):
     lora_vision_targets: list[str] | None = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_r: int = 32
     lora_alpha: int = 32
-    arms: list[str] = field(default_factory=lambda: [a for a in ARM_NAMES if a != "dgpref_real"])
+    arms: list[str] = field(default_factory=lambda: [a for a in ARM_NAMES if a != "dgpref_real"])   # the arms trained (ARM_NAMES)
     official_expert: str = "oracle"       # whose pairs the dgpref_official arm trains on
     sft_steps: int = 240
     steps: int = 40
     first_step_pairs: int = 16            # pairs for the first-step checks in dgpref_train (0: skip them)
     # 7. evaluation
-    pope_max_new_tokens: int = 4
+    pope_max_new_tokens: int = 4   # POPE answers' length limit
     amber: bool = True                    # AMBER-format generative + discriminative scores on the world's AMBER folder
     replay_published: bool = True         # also score the release's published generations (../shared/data), when present
     data_run: str | None = None           # the train notebook reads the pairs from this run (default: its own run folder)
@@ -108,6 +110,8 @@ class DGPrefConfig(RunConfig):
             raise ConfigError(f"{name}: decomposer 'llm' needs decomposer_model, a local path (the release: Meta-Llama-3-8B-Instruct)")
         if self.reference not in ("batch", "live", "none"): raise ConfigError(f"{name}: reference must be batch|live|none, got {self.reference!r}")
         if self.loss_type not in ("sigmoid", "ipo"): raise ConfigError(f"{name}: loss_type must be sigmoid|ipo, got {self.loss_type!r}")
+        if not self.beta > 0: raise ConfigError(f"{name}: beta must be > 0 (IPO divides by 2 beta), got {self.beta}")
+        if self.seed != 0: raise ConfigError(f"{name}: a DGPref run trains every seed of `seeds` (a list); `seed` is not used, got {self.seed}")
         bad = [a for a in self.aspects if a not in ASPECTS]
         if bad: raise ConfigError(f"{name}: unknown aspect(s) {bad}; known: {ASPECTS}")
         bad = [a for a in self.arms if a not in ARM_NAMES]
@@ -132,8 +136,8 @@ class DGPrefConfig(RunConfig):
     def expert_names(self) -> list[str]:
         "The experts the data notebook runs: oracle, one noisy oracle per noise level, the VQA expert, the real experts."
         real = self.owlvit_model or self.blip2_model or self.easyocr_dir
-        world = [] if self.pool_images else ["oracle", *[noisy_name(n) for n in self.noise_levels]]
-        return [*world, *(["vqa"] if self.vqa_expert else []), *(["real"] if real else [])]
+        oracles = [] if self.pool_images else ["oracle", *[noisy_name(n) for n in self.noise_levels]]
+        return [*oracles, *(["vqa"] if self.vqa_expert else []), *(["real"] if real else [])]
 
 # %% ../../nbs/09_dgpref.ipynb #7ba81b12
 def noisy_name(noise: float) -> str:
@@ -164,7 +168,7 @@ class PreferenceCollator(Collator):
 @register_method("dpo", data="preferences")
 def dpo_method(loss_type: str = "sigmoid", beta: float = 0.1, reference: str = "live", **loss_kw) -> Method:
     "DPO family (sigmoid, IPO; `length_normalized`, `sft_weight`, `official_dgpref`) with a live, precomputed or no reference."
-    from mllm_nle import losses
+    if not beta > 0: raise ConfigError(f"dpo: beta must be > 0 (the margin is scaled by beta; IPO divides by 2 beta), got {beta}")
     def inputs(b, f):
         lp, n = f["logps"], int(b["n_pairs"])
         d = dict(chosen_logps=lp.sum[:n], rejected_logps=lp.sum[n:], chosen_lengths=lp.lengths[:n], rejected_lengths=lp.lengths[n:])
@@ -199,7 +203,6 @@ def build_preference_pairs(scores: list[float], min_gap: float = 0.3) -> list[tu
 # %% ../../nbs/09_dgpref.ipynb #8d00763e
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` preference records `{id, image, prompt, chosen, rejected}` on synthetic-world images saved in `out_dir`."
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(n, out_dir, seed, size)):
         q, good = toy_answer(sc)

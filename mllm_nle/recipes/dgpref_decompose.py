@@ -9,6 +9,10 @@ from pathlib import Path
 
 from ..core import ConfigError, DataFileError, get_logger, read_text, shared_data
 from ..inputs import decoding_settings
+from .. import models
+from .. import realshape
+from .. import world
+from ..core import pick_device
 
 log = get_logger("mllm_nle.recipes.dgpref_decompose")
 
@@ -107,14 +111,12 @@ class WorldDecomposer:
     name = "world"
 
     def _np(self, d: dict, noun: str | None = None) -> tuple[str, list, list]:
-        from mllm_nle import world
         noun = noun or d["category"] or "shape"
         attrs = [[v, noun] for v in (d["size"], d["colour"]) if v]
         rels = [[noun, f"at the {d['pos']} of", "image"]] if d["pos"] else []
         return noun, attrs, rels
 
     def _facts(self, f: dict, acc: dict):
-        from mllm_nle import world
         k = f["kind"]
         if k == "count" and f["n"] == 0: return                     # "there are no circles": no claim in this format
         noun = f["a"]["category"] if not (k == "prop" and f["attr"] == "category") else f["value"]
@@ -130,7 +132,6 @@ class WorldDecomposer:
             acc["relation"].append([noun, phrase, b])
 
     def raw(self, captions: list[str]) -> list[dict]:
-        from mllm_nle import world
         out = []
         for cap in captions:
             acc, unparsed = {a: [] for a in DECOMPOSED}, 0
@@ -158,10 +159,9 @@ def local_model_dir(path, what: str, download: str) -> Path:
     else a `FileNotFoundError` saying what to download."""
     if not path: raise ConfigError(f"{what}: no local path given; download {download} and pass its folder")
     if str(path).startswith("realshape:"):
-        from mllm_nle import realshape
         return realshape.spec_path(str(path))
     if str(path) in ("tiny:owlvit", "tiny:blip2", "tiny:cola"):   # tiny random stand-ins of the release's experts
-        from mllm_nle.recipes.dgpref_experts import tiny_expert_dir
+        from mllm_nle.recipes.dgpref_experts import tiny_expert_dir   # here: dgpref_experts imports this module
         return tiny_expert_dir(str(path).split(":")[1])
     p = Path(path)
     if not (p.is_dir() and (p/"config.json").exists()):
@@ -178,7 +178,6 @@ class LLMDecomposer:
                  device: str | None = None, system: str = "You are a helpful assistant!"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from mllm_nle.core import pick_device
         p = local_model_dir(model_path, "LLM decomposer", "meta-llama/Meta-Llama-3-8B-Instruct")
         self.templates = load_templates(templates)
         dev, dtype = pick_device(device)
@@ -216,7 +215,6 @@ def tiny_causal_lm(out_dir, seed: int = 0) -> Path:
     "Build and save a tiny random Llama causal LM with a chat template into `out_dir` (for tests)."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from mllm_nle import models
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tok = models.train_tokenizer("llava", models.tokenizer_corpus(200), vocab_size=512)

@@ -11,6 +11,13 @@ from ..core import ConfigError, get_logger
 from ..batches import stable_seed
 from .dgpref import ABSENT, ASPECTS, DROPPED, REFUTED, SUPPORTED
 from .dgpref_decompose import IMAGE_CONSTANT, local_model_dir
+from .. import models
+from .. import world
+from ..core import pick_device
+from ..data import open_image
+from ..experiment import cached_dir, config_key
+from ..grammar import yes_no
+from ..models import tiny_cache_dir
 
 log = get_logger("mllm_nle.recipes.dgpref_experts")
 
@@ -75,7 +82,6 @@ GENERIC_NOUNS = ("shape", "shapes", "object", "objects", "thing", "things", "ite
 
 def world_category(noun: str) -> str | None:
     "`noun` as a world category, `'*'` for a generic noun (any object), None when it names nothing in the world."
-    from mllm_nle import world
     n = " ".join(str(noun).lower().split())
     inv = {v: k for k, v in world.PLURALS.items()}
     if n in world.CATEGORIES: return n
@@ -110,7 +116,6 @@ class OracleExpert(Expert):
         return SUPPORTED if any(x is not y and getattr(x, line) == getattr(y, line) for x in subs for y in objs) else REFUTED
 
     def verify_one(self, scene, prog: dict) -> dict:
-        from mllm_nle import world
         objs = lambda n: world_objects(scene, n)
         any_or_absent = lambda os, ok: ABSENT if not os else SUPPORTED if any(ok(x) for x in os) else REFUTED
         labels = {_norm_text(o.label) for o in scene.objects if o.label}
@@ -138,7 +143,6 @@ def _singular(noun: str) -> str:
 
 def vqa_question(aspect: str, check) -> str:
     "The yes/no question that asks `check` of `aspect` (the world's benchmark templates)."
-    from mllm_nle import world
     if aspect == "object": n = _singular(check); return f"Is there {world.a_(n)} {n} in the image?"
     if aspect == "count":
         k, n = check; w = world.NUMBERS[k] if k < len(world.NUMBERS) else str(k)
@@ -170,15 +174,12 @@ class VQAExpert(Expert):
 
     def answers(self, images: list, keys: list, questions: list[str]) -> list[str | None]:
         "`yes`/`no`/None per (image, question)."
-        from mllm_nle import models
-        from mllm_nle.grammar import yes_no
         ex = [dict(image=im, image_key=k, prompt=q) for im, k, q in zip(images, keys, questions)]
         outs = models.generate(self.backbone.model, self.backbone.processor, ex, max_new_tokens=self.max_new_tokens,
                                batch_size=self.batch_size) if ex else []
         return [yes_no(o, "anywhere") for o in outs]
 
     def verify(self, items, programs):
-        from mllm_nle.data import open_image
         jobs = []     # (item index, aspect or None for a presence question, check index or noun)
         for i, prog in enumerate(programs):
             nouns = dict.fromkeys(n for a, cs in prog.items() for c in cs for n in _nouns(a, c))
@@ -196,9 +197,9 @@ class VQAExpert(Expert):
 
 # %% ../../nbs/09b_dgpref_experts.ipynb #fbc81c37
 def _device(device=None):
-    from mllm_nle.core import pick_device
     return pick_device(device)
 
+# %% ../../nbs/09b_dgpref_experts.ipynb #34d00450
 class OWLViTExpert(Expert):
     "OWL-ViT boxes for object, count, scale and spatial checks (google/owlvit-large-patch14 in the release)."
     name, aspects = "owlvit", ("object", "count", "scale", "spatial")
@@ -225,7 +226,6 @@ class OWLViTExpert(Expert):
         return out
 
     def verify(self, items, programs):
-        from mllm_nle.data import open_image
         res = []
         for it, prog in zip(items, programs):
             img = open_image(it); W, H = img.size
@@ -289,7 +289,6 @@ class BLIP2Expert(Expert):
 
     def verify(self, items, programs, present: list[dict] | None = None):
         "`present[i]` (noun -> detected) marks absent objects -2, as OWL-ViT does in the release."
-        from mllm_nle.data import open_image
         res = []
         for i, (it, prog) in enumerate(zip(items, programs)):
             checks = [(a, c) for a in self.aspects for c in prog.get(a, [])]
@@ -325,7 +324,6 @@ class EasyOCRExpert(Expert):
 
     def verify(self, items, programs):
         import numpy as np
-        from mllm_nle.data import open_image
         res = []
         for it, prog in zip(items, programs):
             read = {_norm_text(t) for t in self.reader.readtext(np.asarray(open_image(it)), detail=0)} if prog.get("text") else set()
@@ -354,7 +352,6 @@ class RealExperts(Expert):
 
 # %% ../../nbs/09b_dgpref_experts.ipynb #5a4a8ae1
 def _world_tokenizer(vocab_size: int = 512):
-    from mllm_nle import models
     return models.train_tokenizer("qwen2_5_vl", models.tokenizer_corpus(200), vocab_size=vocab_size)
 
 def tiny_owlvit(out_dir, seed: int = 0) -> Path:
@@ -392,6 +389,7 @@ def tiny_blip2(out_dir, seed: int = 0) -> Path:
     Blip2ForConditionalGeneration(cfg).save_pretrained(out_dir); proc.save_pretrained(out_dir)
     return Path(out_dir)
 
+# %% ../../nbs/09b_dgpref_experts.ipynb #268a11ab
 def tiny_cola(out_dir, seed: int = 0) -> Path:
     "A tiny random DistilBERT acceptability classifier saved to `out_dir`."
     import torch
@@ -408,8 +406,6 @@ TINY_EXPERTS = {"owlvit": tiny_owlvit, "blip2": tiny_blip2, "cola": tiny_cola}
 def tiny_expert_dir(kind: str, seed: int = 0) -> Path:
     "The cached tiny random build of expert `kind` (the spec `tiny:owlvit`, `tiny:blip2`, `tiny:cola`): a stand-in folder for the twins."
     import transformers
-    from mllm_nle.experiment import cached_dir, config_key
-    from mllm_nle.models import tiny_cache_dir
     if kind not in TINY_EXPERTS: raise ValueError(f"tiny expert {kind!r}: choose from {sorted(TINY_EXPERTS)}")
     d = tiny_cache_dir()/"experts"/f"{kind}-{seed}-{config_key(v=1, tf=transformers.__version__)}"
     return cached_dir(d, lambda tmp: (TINY_EXPERTS[kind](tmp, seed), {"kind": kind, "seed": seed})[1])

@@ -14,6 +14,22 @@ from ..batches import stable_seed
 from ..experiment import cache_root, cached_dir, config_key
 from .dgpref import (DGPrefConfig, PreferenceCollator, build_preference_pairs, caption_score, noisy_name)
 from .dgpref_decompose import check_key, decompose_captions, gen_program, n_claims
+from .. import data, world_data
+from .. import models
+from .. import world
+from .. import world, world_data
+from .. import world_data
+from ..data import open_image
+from ..experiment import load_model
+from ..experiment import repo_path
+from ..experiment import train_baseline
+from ..inputs import decoding_settings
+from . import dgpref_experts as E
+from .dgpref_decompose import LLMDecomposer, WorldDecomposer
+from .dgpref_decompose import WorldDecomposer
+from .dgpref_experts import OracleExpert
+from .dgpref_experts import OracleExpert, vqa_question
+from ..train import precompute_reference_logps
 
 log = get_logger("mllm_nle.recipes.dgpref_pipeline")
 
@@ -79,7 +95,6 @@ CAPTION_PROMPTS = (
 
 def world_sets(cfg: DGPrefConfig) -> dict[str, Path]:
     "The cached `sft`, `pool` and `bench` folders of the synthetic world for `cfg`."
-    from mllm_nle import world, world_data
     root, s, sz = cache_root(cfg)/"world", cfg.data_seed, cfg.image_size
     def pool(tmp):
         scenes = world.make_scenes(cfg.n_images, s, "dgpool")
@@ -94,7 +109,6 @@ def world_sets(cfg: DGPrefConfig) -> dict[str, Path]:
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #d65554b7
 def _candidate_checks(scene, rng) -> list[tuple[str, object]]:
     "Checks about `scene`, true and false, of every aspect the VQA expert asks."
-    from mllm_nle import world
     cats = sorted({o.category for o in scene.objects}); absent = [c for c in world.CATEGORIES if c not in cats]
     o, c = rng.choice(scene.objects), rng.choice(cats)
     n = scene.count(c)
@@ -113,7 +127,6 @@ def _candidate_checks(scene, rng) -> list[tuple[str, object]]:
 
 def vqa_records(scenes: dict, images: dict, per_image: int, seed: int = 0) -> list[dict]:
     "`per_image` yes/no SFT records per scene, from the VQA expert's templates, answered by the oracle (about half yes)."
-    from mllm_nle.recipes.dgpref_experts import OracleExpert, vqa_question
     oracle, out = OracleExpert(), []
     for sid, sc in scenes.items():
         rng = random.Random(f"dgpref-vqa:{seed}:{sid}")
@@ -128,9 +141,9 @@ def vqa_records(scenes: dict, images: dict, per_image: int, seed: int = 0) -> li
             if yes + no == per_image: break
     return out
 
+# %% ../../nbs/09c_dgpref_pipeline.ipynb #fcd6db37
 def sft_records(cfg: DGPrefConfig, sets: dict | None = None) -> list[dict]:
     "The baseline's SFT records: world captions (prompts from the world's and the release's caption prompts) + yes/no questions."
-    from mllm_nle import data, world_data
     sets = sets or world_sets(cfg)
     caps, _ = data.load_llava(sets["sft"]/"llava.json", image_root=sets["sft"])
     prompts = list(dict.fromkeys(world_data.PROMPTS + CAPTION_PROMPTS))
@@ -152,8 +165,6 @@ def folder_items(folder, n: int | None = None) -> list[dict]:
 
 def pool_items(cfg: DGPrefConfig, sets: dict | None = None) -> list[dict]:
     "The pool's images with their scenes: `{id, image, scene_id, scene}` (from `pool_images` on real data: no scene)."
-    from mllm_nle import world_data
-    from mllm_nle.experiment import repo_path
     if cfg.pool_images: return folder_items(repo_path(cfg.pool_images), cfg.n_images)
     d = (sets or world_sets(cfg))["pool"]
     return [dict(id=sid, image=str(d/world_data.image_path(sc)), scene_id=sid, scene=sc)
@@ -167,15 +178,12 @@ def caption_prompts(cfg: DGPrefConfig, image_id: str) -> list[str]:
 
 def sampling(cfg: DGPrefConfig) -> dict:
     "The caption sampling's decoding settings, every one (the checkpoint's `generation_config` decides none)."
-    from mllm_nle.inputs import decoding_settings
     return decoding_settings(max_new_tokens=cfg.caption_max_new_tokens, do_sample=True, temperature=cfg.temperature,
                              top_k=cfg.sample_top_k, top_p=cfg.sample_top_p)
 
 def sample_captions(cfg: DGPrefConfig, policy, items: list[dict], store: JsonlStore, progress: bool = True) -> dict:
     "Sample `n_samples` captions per pending image into `store`; returns `{done_before, sampled, seconds}`."
     from tqdm.auto import tqdm
-    from mllm_nle import models
-    from mllm_nle.data import open_image
     todo = [it for it in items if it["id"] not in store]
     per = max(1, cfg.sample_batch_size // cfg.n_samples)
     chunks = [todo[s:s + per] for s in range(0, len(todo), per)]
@@ -239,7 +247,6 @@ def verify_stage(expert, items: dict, claims: JsonlStore, store: JsonlStore, chu
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #980636de
 def same_length(a: str, b: str) -> bool:
     "Whether two captions have as many sentences."
-    from mllm_nle import world
     return len(world.split_sentences(a)) == len(world.split_sentences(b))
 
 def equal_length(pairs: list, captions: list[str]) -> list:
@@ -249,7 +256,6 @@ def equal_length(pairs: list, captions: list[str]) -> list:
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #c716fb7b
 def caption_truth(scene, caption: str) -> dict:
     "Exact per-sentence truth of a caption: `{n_false, n_true, n_unparsed}`."
-    from mllm_nle import world
     cc = world.check_caption(scene, caption)
     return dict(n_false=sum(c["true"] is False for c in cc), n_true=sum(c["true"] is True for c in cc),
                 n_unparsed=sum(not c["parsed"] for c in cc))
@@ -291,8 +297,6 @@ def pair_quality(pairs: JsonlStore, name: str) -> dict:
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #9be62daa
 def decomposition_recall(captions: JsonlStore, decomposer, scenes: dict, limit: int | None = None) -> dict:
     "Over the sampled captions' sentences: the share of false ones the oracle refutes after decomposition, and of true ones it refutes."
-    from mllm_nle import world
-    from mllm_nle.recipes.dgpref_experts import OracleExpert
     sents, truth, sc_of = [], [], []
     for rec in list(captions.records.values())[:limit]:
         sc = scenes.get(rec.get("scene_id"))
@@ -334,7 +338,6 @@ def preference_records(pairs: JsonlStore, captions: JsonlStore, image_root, expe
 def oracle_edit_records(cfg: DGPrefConfig, items: list[dict], balanced: bool = False) -> list[dict]:
     """The off-policy control: `world_data.preference_record` pairs (oracle edits of faithful captions) on the pool images;
     `balanced`: `world_data.balanced_edit_record`'s, whose rejected caption is the chosen one edited in place (same length)."""
-    from mllm_nle import world_data
     rng, out = random.Random(f"dgpref-edit{'-balanced' if balanced else ''}:{cfg.data_seed}"), []
     for it in items:
         r = (world_data.balanced_edit_record if balanced else world_data.preference_record)(it["scene"], it["image"], rng)
@@ -347,7 +350,6 @@ def oracle_edit_records(cfg: DGPrefConfig, items: list[dict], balanced: bool = F
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #96bef6cc
 def reference_stage(cfg: DGPrefConfig, base, records: list[dict], path, batch_size: int = 16) -> Path:
     "Cache the frozen base's summed log-probs of every (chosen, rejected) record at `path` (resumable by the engine)."
-    from mllm_nle.train import precompute_reference_logps
     uniq = list({r["id"]: r for r in records}.values())
     return precompute_reference_logps(base.model, uniq, PreferenceCollator(base.processor, max_length=cfg.max_length), path,
                                       batch_size=batch_size)
@@ -355,25 +357,21 @@ def reference_stage(cfg: DGPrefConfig, base, records: list[dict], path, batch_si
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #f61d9b33
 def baseline(cfg: DGPrefConfig, sets: dict | None = None) -> Path:
     "The cached SFT baseline (captions + yes/no questions); with `sft_steps: 0` the backbone itself."
-    from mllm_nle.experiment import train_baseline
     key = f"dgpref sft (captions n={cfg.n_sft} + {cfg.vqa_per_image} yes/no each, size={cfg.image_size}, seed={cfg.data_seed}, v=1)"
     return train_baseline(cfg, sft_records(cfg, sets) if cfg.sft_steps > 0 and not cfg.pool_images else [], key)
 
 def load_base(cfg: DGPrefConfig, base: Path):
     "The baseline backbone (the policy before DPO, and its frozen reference), with the config's input settings."
-    from mllm_nle.experiment import load_model
     return load_model(cfg, base if cfg.sft_steps > 0 else cfg.backbone)
 
 def make_decomposer(cfg: DGPrefConfig):
     "The configured decomposer: rule-based for the world, or the in-context LLM from `decomposer_model`."
-    from mllm_nle.recipes.dgpref_decompose import LLMDecomposer, WorldDecomposer
     if cfg.decomposer == "world": return WorldDecomposer()
     return LLMDecomposer(cfg.decomposer_model, cfg.templates_dir, cfg.decomposer_max_new_tokens, batch_size=cfg.decomposer_batch_size,
                          device=cfg.device)
 
 def make_experts(cfg: DGPrefConfig, base) -> dict:
     "`{name: Expert}`: the oracle, one noisy oracle per noise level, the VQA expert (the base model), the real experts."
-    from mllm_nle.recipes import dgpref_experts as E
     names, ex = cfg.expert_names, {}
     if "oracle" in names: ex["oracle"] = E.OracleExpert(cfg.official_spatial)
     ex |= {noisy_name(n): E.NoisyExpert(E.OracleExpert(cfg.official_spatial), n, seed=cfg.data_seed) for n in cfg.noise_levels
@@ -441,14 +439,12 @@ def exact_pairs_quality(cfg: DGPrefConfig, captions: JsonlStore, scenes: dict) -
 # %% ../../nbs/09c_dgpref_pipeline.ipynb #e1e56473
 def pipeline_dir(cfg: DGPrefConfig, out) -> Path:
     "Where a run's pipeline files live: `<data_run or out>/pipeline`."
-    from mllm_nle.experiment import repo_path
     return (repo_path(cfg.data_run) if cfg.data_run else Path(out))/"pipeline"
 
+# %% ../../nbs/09c_dgpref_pipeline.ipynb #48818701
 def run_data(cfg: DGPrefConfig, out, progress: bool = True) -> dict:
     "Steps 1-5 into `out/pipeline/` (resumable); returns and saves `data_report.json`."
-    from mllm_nle.recipes.dgpref_decompose import WorldDecomposer
     d = pipeline_dir(cfg, out); d.mkdir(parents=True, exist_ok=True)
-    from mllm_nle.experiment import repo_path
     sets = world_sets(cfg) if not cfg.pool_images else {"pool": repo_path(cfg.pool_images)}
     items = pool_items(cfg, sets)
     by_id, scenes = {it["id"]: it for it in items}, {it["id"]: it["scene"] for it in items if it["scene"] is not None}

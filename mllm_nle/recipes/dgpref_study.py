@@ -16,6 +16,21 @@ from ..core import ConfigError, get_logger, load_json, save_json
 from ..experiment import Arm, run_study
 from .dgpref import DGPrefConfig, PreferenceCollator, noisy_name
 from .dgpref_pipeline import baseline, caption_truth, load_base, pipeline_dir, sft_records, world_sets
+from .. import amber, data, world_data
+from .. import amber, metrics
+from .. import data
+from .. import models
+from .. import plots
+from ..core import shared_data
+from ..data import open_image
+from ..experiment import repo_path
+from ..experiment import study_bars
+from ..experiment import study_table
+from ..inputs import decoding_settings
+from ..train import attach_reference_logps
+from ..train import attach_reference_logps, get_method
+from ..train import get_method
+from ..train import make_training_args, train
 
 log = get_logger("mllm_nle.recipes.dgpref_study")
 
@@ -39,10 +54,9 @@ class Bench:
     scenes: dict
     root: Path
 
+# %% ../../nbs/09d_dgpref_study.ipynb #e1fc4d59
 def load_bench(cfg: DGPrefConfig, sets: dict | None = None) -> Bench:
     "The world's benchmark folder for `cfg`, or (real data) the benchmark files it names; AMBER generative needs its NLP parts."
-    from mllm_nle import amber, data, world_data
-    from mllm_nle.experiment import repo_path
     real = bool(cfg.pool_images or cfg.objhal_file or cfg.pope_dir or cfg.amber_dir)
     root = None if real else (sets or world_sets(cfg))["bench"]
     objhal, pope, ag, ad, am, nlp, scenes = [], {}, [], [], None, None, {}
@@ -75,20 +89,16 @@ RESULT_KEYS = ("CHAIR_i", "pope_f1", "claim_hallucination", "claims_per_caption"
 
 def decoding(cfg: DGPrefConfig) -> dict:
     "The evaluation's decoding settings, every one (greedy, as the release evaluates): captions, then yes/no answers."
-    from mllm_nle.inputs import decoding_settings
     return dict(captions=decoding_settings(max_new_tokens=cfg.caption_max_new_tokens), yes_no=decoding_settings(max_new_tokens=cfg.pope_max_new_tokens))
 
 def _generate(cfg, backbone, recs, max_new_tokens) -> list[str]:
-    from mllm_nle import models
-    from mllm_nle.data import open_image
-    from mllm_nle.inputs import decoding_settings
     ex = [dict(image=partial(open_image, r), image_key=r.get("image") or r["id"], prompt=r["prompt"]) for r in recs]   # opened per batch
     return models.generate(backbone.model, backbone.processor, ex, batch_size=cfg.eval_batch_size,
                            **decoding_settings(max_new_tokens=max_new_tokens)) if ex else []
 
+# %% ../../nbs/09d_dgpref_study.ipynb #3b595726
 def evaluate(cfg: DGPrefConfig, bench: Bench, backbone) -> dict:
     "Every benchmark score of `backbone`: `{summary, rows (one per ObjHal caption), breakdown, pope, amber}`."
-    from mllm_nle import amber, metrics
     caps = _generate(cfg, backbone, bench.objhal + bench.amber_gen, cfg.caption_max_new_tokens)
     objhal_caps, amber_caps = caps[:len(bench.objhal)], caps[len(bench.objhal):]
     yn_recs = [r for s in POPE_SPLITS for r in bench.pope.get(s, [])] + bench.amber_disc
@@ -123,6 +133,7 @@ def evaluate(cfg: DGPrefConfig, bench: Bench, backbone) -> dict:
             for i, (r, c, t) in enumerate(zip(bench.objhal, objhal_caps, truth))]
     return dict(summary=s, rows=rows, breakdown={f"pope_f1[{x}]": p["f1"] for x, p in pope.items()}, pope=pope, amber=am)
 
+# %% ../../nbs/09d_dgpref_study.ipynb #7f79a5af
 def evaluator(cfg: DGPrefConfig, bench: Bench):
     "The experiment layer's `evaluate(backbone)`."
     return lambda backbone: evaluate(cfg, bench, backbone)
@@ -130,8 +141,6 @@ def evaluator(cfg: DGPrefConfig, bench: Bench):
 # %% ../../nbs/09d_dgpref_study.ipynb #46d243df
 def load_arm_records(cfg: DGPrefConfig, out, name: str) -> list[dict]:
     "An expert's DPO records from the data run, loaded strictly, with the cached reference log-probs when `reference: batch`."
-    from mllm_nle import data
-    from mllm_nle.train import attach_reference_logps
     d = pipeline_dir(cfg, out)
     recs, rep = data.load_preferences(d/f"preferences_{name}.json", on_error=cfg.on_error)
     if rep.n_skipped: log.warning(str(rep))
@@ -139,7 +148,6 @@ def load_arm_records(cfg: DGPrefConfig, out, name: str) -> list[dict]:
 
 def dpo_maker(cfg: DGPrefConfig, official: bool = False):
     "A factory of the configured DPO method (with the collator's `max_length`; LoRA placement is the config's)."
-    from mllm_nle.train import get_method
     def make():
         m = get_method("dpo", loss_type=cfg.loss_type, beta=cfg.beta, reference=cfg.reference, official_dgpref=official, **cfg.loss_kwargs)
         return replace(m, collator=partial(PreferenceCollator, max_length=cfg.max_length))
@@ -148,7 +156,6 @@ def dpo_maker(cfg: DGPrefConfig, official: bool = False):
 
 def dgpref_arms(cfg: DGPrefConfig, out, sets: dict | None = None) -> tuple[list[Arm], dict]:
     "The arms of `cfg.arms` with their records, and `{arm: why}` for the ones skipped (no pairs)."
-    from mllm_nle.train import get_method
     spec = []
     for a in cfg.arms:
         if a == "sft_continued": spec.append((a, None, False))
@@ -182,15 +189,12 @@ def run_dgpref(cfg: DGPrefConfig, out) -> dict:
 
 def arms_table(summary: dict, keys=RESULT_KEYS) -> str:
     "Mean ± std over seeds of each arm (the baseline has one evaluation)."
-    from mllm_nle.experiment import study_table
     return study_table(summary, keys)
 
 # %% ../../nbs/09d_dgpref_study.ipynb #7323b721
 def _one_step_loss(cfg, base_dir, recs, method, perturb: float = 0.0, collator=None) -> float:
     "The loss the engine logs at step one (lr 0), on `recs` in one batch, from a fresh (or perturbed) LoRA."
     import tempfile
-    from mllm_nle import models
-    from mllm_nle.train import make_training_args, train
     torch.manual_seed(0)
     bb = load_base(cfg, base_dir)
     bb.model = models.add_lora(bb.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0)
@@ -211,10 +215,10 @@ def pair_sources(cfg: DGPrefConfig, out) -> list[str]:
     return [s for s in dict.fromkeys(names) if (pipeline_dir(cfg, out)/f"preferences_{s}.json").exists()
             and load_json(pipeline_dir(cfg, out)/f"preferences_{s}.json")]
 
+# %% ../../nbs/09d_dgpref_study.ipynb #7e89bb58
 def first_step_losses(cfg: DGPrefConfig, out, source: str | None = None, n: int = 16, perturb: float = 0.02) -> dict:
     """The first-step checks above on `n` pairs of `source` (default: the oracle's, else the control's, else any expert's);
     every measured and predicted loss. With no pairs anywhere: `{"skipped": why}`."""
-    from mllm_nle.train import attach_reference_logps, get_method
     srcs = [source] if source else pair_sources(cfg, out)
     if not srcs or (source and source not in pair_sources(cfg, out)):
         why = f"no pairs from {source or 'any expert'} in {pipeline_dir(cfg, out)}"
@@ -250,7 +254,6 @@ CURVE_KEYS = ("loss", "rewards/margins", "rewards/accuracies")
 def training_curves(out, study: dict, seed=None, path=None):
     "Loss and reward curves of every DPO arm at one seed (default the first), one line per arm."
     import matplotlib.pyplot as plt
-    from mllm_nle import plots
     seed = study["seeds"][0] if seed is None else seed
     fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4.2 * len(CURVE_KEYS), 3.2))
     colour = {n: f"C{i}" for i, n in enumerate(study["items"])}          # one colour per arm in every panel
@@ -271,7 +274,6 @@ def training_curves(out, study: dict, seed=None, path=None):
 def pair_quality_bars(report: dict, path=None):
     """Per expert: the share of pairs whose chosen caption holds fewer / as many / more false sentences (exact, so on the
     synthetic world only: on real data, or with no pairs, it says so and draws nothing)."""
-    from mllm_nle import plots
     q = {r["expert"]: {k: r[k] for k in ("fewer_false", "same", "more_false")} for r in report["quality"] if r["n_pairs"]}
     if not q:
         print("pair quality: no pair has exact truth (real images have no scene graph), or no expert made pairs; nothing to draw")
@@ -281,7 +283,6 @@ def pair_quality_bars(report: dict, path=None):
 
 def arm_bars(summary: dict, keys=("CHAIR_s", "CHAIR_i", "pope_f1", "claim_hallucination"), path=None):
     "Metric bars across arms, mean ± std over seeds."
-    from mllm_nle.experiment import study_bars
     return study_bars(summary, list(keys), path=path, title="arms (mean ± std over seeds)")
 
 # %% ../../nbs/09d_dgpref_study.ipynb #13ed1d30
@@ -289,8 +290,6 @@ PUBLISHED_LOG = {"llava": dict(amber_CHAIR=1.2, amber_Cover=51.2), "qwen": dict(
 
 def published_replay(nlp=None) -> dict:
     "Scores of the release's published generations found under `../shared/data` (`{}` when absent): AMBER generative, MMHal."
-    from mllm_nle import amber, metrics
-    from mllm_nle.core import shared_data
     gens, rev, am_root = shared_data("dgpref-published", "generations"), shared_data("dgpref-published", "mmhal-reviews"), shared_data("amber")
     out = {}
     for model in PUBLISHED_LOG:

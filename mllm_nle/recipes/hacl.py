@@ -17,6 +17,10 @@ from ..batches import Collator, stable_seed, text_batch
 from ..experiment import RunConfig
 from ..losses import HACLHead, hacl_loss
 from ..train import Method, register_method, toy_images
+from .. import models
+from .. import world
+from ..batches import show_batch
+from ..models import hf_model
 
 log = get_logger("mllm_nle.recipes.hacl")
 
@@ -41,21 +45,21 @@ class HACLConfig(RunConfig):
     steps: int = 100
     # data: files, or the synthetic world when train_file is None
     train_file: str | None = None      # HACL records (contrastive + plain SFT records, mixed)
-    image_root: str | None = None
+    image_root: str | None = None   # the folder train_file's image paths are relative to
     probe_file: str | None = None      # held-out HACL records for the retrieval diagnostic
     bench_dir: str | None = None       # objhal.jsonl, pope/*.jsonl, amber/ (write_benchmarks' layout)
-    bench_image_root: str | None = None
+    bench_image_root: str | None = None   # the folder the benchmarks' image paths are relative to
     n_train: int = 600                 # synthetic: caption scenes (each also gives `n_vqa` yes/no questions)
-    n_vqa: int = 2
-    n_probe: int = 64
-    n_bench: int = 48
-    image_size: int = 112
+    n_vqa: int = 2   # synthetic: yes/no questions per caption scene
+    n_probe: int = 64   # synthetic: held-out records of the retrieval diagnostic
+    n_bench: int = 48   # synthetic: benchmark scenes (CHAIR, POPE, AMBER)
+    image_size: int = 112   # synthetic images' side in pixels
     # hallucinated captions
     hallucinator: str = "rules"        # world | rules | llm
     n_hallucinated: int = 1            # per caption
     vocabulary: str = "world"          # rules: world | coco_amber
     hallucinator_model: str | None = None   # llm: a local causal LM folder
-    hallucinator_prompt: str = "params/hacl_llm_prompt.txt"
+    hallucinator_prompt: str = "params/hacl_llm_prompt.txt"   # llm hallucinator: its prompt template file
     # the method
     ita_weight: float = 1.0            # λ in L_LM + λ·L_ita (the release's default)
     hallucinated_t2i: bool = False     # hallucinated captions also in the text->image direction (the release: i2t only)
@@ -64,16 +68,16 @@ class HACLConfig(RunConfig):
     queue_size: int = 0                # MoCo-style queue of past embeddings (the release: 2048 / 30720); 0 = off
     gather: bool = False               # negatives from every process (fixed targets on every rank)
     proj_size: int | None = None       # heads' output size (None: hidden // 4, the release)
-    temperature: float = 0.07
+    temperature: float = 0.07   # InfoNCE temperature (the release: 0.07)
     # stages
-    stages: list[str] = field(default_factory=lambda: ["sft"])
-    pretrain_steps: int = 100
-    pretrain_lr: float = 1e-3
+    stages: list[str] = field(default_factory=lambda: ["sft"])   # training stages: pretrain (projector, contrastive) and/or sft
+    pretrain_steps: int = 100   # the pretrain stage's optimiser steps
+    pretrain_lr: float = 1e-3   # the pretrain stage's lr
     # diagnostics and evaluation
     probe_every: int = 25              # retrieval diagnostic every N steps during training (0: off)
-    probe_size: int = 32
+    probe_size: int = 32   # records per retrieval probe
     max_new_tokens: int = 96
-    pope_modes: list[str] = field(default_factory=lambda: ["random", "popular", "adversarial"])
+    pope_modes: list[str] = field(default_factory=lambda: ["random", "popular", "adversarial"])   # POPE splits evaluated: random, popular, adversarial
 
     def __post_init__(self):
         super().__post_init__(); check_hacl_config(self)
@@ -139,7 +143,6 @@ class HACLCollator(Collator):
 
     def show(self, batch: dict, rows=None, width: int = 220):
         "Print the LM rows, then the captions and hallucinated captions read alone."
-        from mllm_nle.batches import show_batch
         show_batch(self.processor, batch["lm"], rows, width, names=self.row_names(batch))
         for k in ("captions", "hallucinated"):
             if len(batch[k]["input_ids"]): show_batch(self.processor, batch[k], None, width, names=[f"{k} #{i}" for i in range(len(batch[k]["input_ids"]))])
@@ -270,7 +273,6 @@ def merge_text_batches(a: dict, b: dict) -> dict:
 
 def in_context_image_states(model, hidden: torch.Tensor, lm: dict) -> torch.Tensor:
     "The LM pass's hidden state at each distinct image's last visual token (first row showing it): `[n_images, H]`."
-    from mllm_nle.models import hf_model
     cfg = hf_model(model).config
     img_id = cfg.image_token_id if getattr(cfg, "image_token_id", None) is not None else cfg.image_token_index
     ids = lm["input_ids"].to(hidden.device)
@@ -280,10 +282,10 @@ def in_context_image_states(model, hidden: torch.Tensor, lm: dict) -> torch.Tens
     rows = [idx.index(k) for k in range(max(idx) + 1)]
     return hidden[torch.tensor(rows, device=hidden.device), last[rows]]
 
+# %% ../../nbs/10_hacl.ipynb #69a84c18
 def hacl_features(model, batch: dict, lm: bool = True, contrastive: bool = True, image_repr: str = "separate",
                   add_eos: bool = False) -> dict:
     "`logps` (LM rows), `image` (distinct images), `captions` and `hallucinated` (text states) for one HACL batch."
-    from mllm_nle import models
     with models.autocast_for(model):   # fp32 trained parts on a bf16 base
         b, out = batch["lm"], {}
         if image_repr == "in_context":
@@ -306,7 +308,6 @@ def hacl_features(model, batch: dict, lm: bool = True, contrastive: bool = True,
 # %% ../../nbs/10_hacl.ipynb #f8b32406
 def llm_hidden_size(model) -> int:
     "The language model's hidden size (for HACL's projection heads)."
-    from mllm_nle import models
     cfg = models.hf_model(model).config
     return getattr(cfg, "text_config", cfg).hidden_size
 
@@ -396,7 +397,6 @@ def with_probe(method: Method, probe, every: int, grad_accum: int = 1) -> Method
 # %% ../../nbs/10_hacl.ipynb #bb6c198e
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` HACL records (a true caption and one hallucinated twin) on synthetic-world images saved in `out_dir`."
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(n, out_dir, seed, size)):
         o = sc.objects[0]; wrong = rng.choice([c for c in world.COLOURS if c != o.colour])

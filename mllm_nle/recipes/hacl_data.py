@@ -13,6 +13,14 @@ from typing import Protocol
 from fastcore.basics import patch
 from ..core import ConfigError, DataFileError, get_logger, load_json, save_json
 from ..experiment import cache_root, cached_dir, config_key, file_id, repo_path
+from .. import data, world_data
+from .. import models
+from .. import world
+from .. import world as W
+from .. import world_data
+from ..core import pick_device
+from ..core import shared_data
+from ..metrics import COCO_SYNONYMS
 
 log = get_logger("mllm_nle.recipes.hacl_data")
 
@@ -40,7 +48,6 @@ class Vocabulary:
 
 def world_vocabulary() -> Vocabulary:
     "The synthetic world's vocabulary (`world.CATEGORIES`, `COLOURS`, `SIZES`, `NUMBERS`, `RELATIONS`)."
-    from mllm_nle import world
     return Vocabulary("world", {c: [c] for c in world.CATEGORIES}, dict(world.PLURALS), list(world.COLOURS),
                       {"small": "large", "large": "small"}, list(world.NUMBERS),
                       {k: world.REL_TEXT[world.INVERSE[v]] for k, v in world.RELATIONS.items()})
@@ -52,10 +59,9 @@ _RELATION_WORDS = {"to the left of": "to the right of", "to the right of": "to t
                    "on top of": "underneath", "underneath": "on top of", "under": "on", "in front of": "behind", "behind": "in front of",
                    "inside": "outside", "outside": "inside", "near": "far from", "far from": "near"}
 
+# %% ../../nbs/10a_hacl_data.ipynb #2c25e278
 def coco_amber_vocabulary(amber_root=None) -> Vocabulary:
     "COCO categories and synonyms (`metrics.COCO_SYNONYMS`) plus AMBER's objects (`relation.json`), with common attributes and relations."
-    from mllm_nle.core import shared_data
-    from mllm_nle.metrics import COCO_SYNONYMS
     objects = {k: list(dict.fromkeys([k, *v])) for k, v in COCO_SYNONYMS.items()}
     root = Path(amber_root) if amber_root is not None else shared_data("amber")
     if (root/"relation.json").exists():
@@ -170,7 +176,6 @@ class LLMHallucinator:
                  min_kept: float = 0.5, max_growth: float = 2.0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from mllm_nle.core import pick_device
         if "{caption}" not in template: raise ConfigError("LLMHallucinator: the template has no {caption} slot")
         dev, dtype = pick_device(device)
         self.tok = AutoTokenizer.from_pretrained(str(model_path))
@@ -218,7 +223,6 @@ def tiny_causal_lm(out_dir, seed: int = 0):
     "A tiny random Llama causal LM with the tiny LLaVA's tokenizer, saved with `save_pretrained` into `out_dir` (for tests)."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from mllm_nle import models
     torch.manual_seed(seed)
     tok = models.tiny_backbone("llava").processor.tokenizer
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -241,7 +245,6 @@ def add_hallucinations(records: list[dict], generator, n: int = 1, seed: int = 0
 # %% ../../nbs/10a_hacl_data.ipynb #b612c8d3
 def negatives_truth(records: list[dict], scenes: dict) -> dict:
     "Share of hallucinated captions with at least one false sentence (exact, per scene), overall and by edit type."
-    from mllm_nle import world
     by, n, hal, unparsable = {}, 0, 0, 0
     for r in records:
         sc = scenes.get(r.get("scene_id"))
@@ -258,7 +261,6 @@ def negatives_truth(records: list[dict], scenes: dict) -> dict:
 # %% ../../nbs/10a_hacl_data.ipynb #26b19b5a
 def vqa_records(scene, img: str, rng: random.Random, k: int = 2) -> list[dict]:
     "`k` yes/no question records (LLaVA conversation format) about `scene`, answered exactly."
-    from mllm_nle import world as W
     present = sorted({o.category for o in scene.objects}, key=W.CATEGORIES.index)
     absent = [c for c in W.CATEGORIES if c not in present]
     uniq = [c for c in present if scene.count(c) == 1]
@@ -300,7 +302,6 @@ class HACLData:
 
 def synthetic_world(cfg) -> Path:
     "Write (once, cached) the synthetic captions, questions, probe set and benchmarks for `cfg`'s data settings."
-    from mllm_nle import world_data
     key = config_key(n=cfg.n_train, v=cfg.n_vqa, p=cfg.n_probe, b=cfg.n_bench, s=cfg.image_size, seed=cfg.data_seed)
     def build(tmp):
         kw = dict(image_size=cfg.image_size)
@@ -323,7 +324,6 @@ def make_hallucinator(cfg):
 # %% ../../nbs/10a_hacl_data.ipynb #95e507d2
 def training_file(cfg, world_dir: Path) -> Path:
     "Write (once per generator setting, cached) the mixed training file: captions with `cfg.hallucinator`'s negatives + questions."
-    from mllm_nle import world_data
     prompt = read_prompt(cfg.hallucinator_prompt) if cfg.hallucinator == "llm" else None
     key = config_key(w=world_dir.name, h=cfg.hallucinator, n=cfg.n_hallucinated, v=cfg.vocabulary if cfg.hallucinator == "rules" else None,
                      m=cfg.hallucinator_model if cfg.hallucinator == "llm" else None, p=prompt, seed=cfg.data_seed)
@@ -348,7 +348,6 @@ def probe_items(records: list[dict]) -> list[dict]:
 
 def load_hacl_data(cfg) -> HACLData:
     "Training records, retrieval items and benchmarks (and scenes on the synthetic world) for `cfg`."
-    from mllm_nle import data, world_data
     kw = dict(on_error=cfg.on_error, max_image_pixels=cfg.max_image_pixels)
     dropped = lambda rep: dict(rep.dropped) if rep is not None else {}
     if cfg.train_file is None:

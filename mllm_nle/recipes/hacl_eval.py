@@ -18,6 +18,20 @@ from ..experiment import (START_ROW, Arm, image_token_preflight, load_model, mar
 from .hacl import HACLCollator, HACLConfig, ITAHead, hacl_features, llm_hidden_size, load_head_state, with_probe
 from .hacl_data import HACLData, load_hacl_data
 from ..train import get_method
+from .. import amber
+from .. import metrics
+from .. import metrics, world
+from .. import models
+from .. import plots
+from ..core import load_jsonl
+from ..data import load_amber_queries
+from ..data import load_objhal
+from ..data import load_pope
+from ..data import open_image
+from ..experiment import paired_difference
+from ..experiment import study_bars
+from ..inputs import decoding_settings
+from ..plots import save_figure
 
 log = get_logger("mllm_nle.recipes.hacl_eval")
 
@@ -65,6 +79,7 @@ def retrieval_scores(model, processor, items: list[dict], head=None, image_repr:
     mean = lambda k: float(np.mean([r[k] for r in rows])) if rows and rows[0][k] is not None else None
     return dict(summary={"r1_raw": mean("r1_raw"), "r1_heads": mean("r1_heads"), "r1_lm": mean("r1_lm")}, rows=rows, n=len(rows))
 
+# %% ../../nbs/10b_hacl_eval.ipynb #f832ca00
 def retrieval_probe(cfg: HACLConfig, data: HACLData, processor):
     "The training-time probe (`hacl.with_probe`): retrieval on the first `cfg.probe_size` held-out items."
     items = data.probe[:cfg.probe_size]
@@ -76,22 +91,16 @@ def retrieval_probe(cfg: HACLConfig, data: HACLData, processor):
 
 # %% ../../nbs/10b_hacl_eval.ipynb #fe668262
 def _generate(cfg, backbone, records, max_new_tokens) -> list[str]:
-    from mllm_nle import models
-    from mllm_nle.data import open_image
-    from mllm_nle.inputs import decoding_settings
     exs = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r.get("image") or r["id"], prompt=r["prompt"]) for r in records]
     return models.generate(backbone.model, backbone.processor, exs, batch_size=cfg.eval_batch_size,
                            **decoding_settings(max_new_tokens=max_new_tokens))
 
 def decoding(cfg) -> dict:
     "The evaluation's decoding settings, every one (greedy): captions, then POPE's and AMBER's yes/no answers."
-    from mllm_nle.inputs import decoding_settings
     return dict(captions=decoding_settings(max_new_tokens=cfg.max_new_tokens), yes_no=decoding_settings(max_new_tokens=8))
 
 def caption_scores(cfg, data: HACLData, backbone) -> dict:
     "Captions for the ObjHal-style prompts: CHAIR, and on the world the exact per-claim hallucination rate."
-    from mllm_nle import metrics, world
-    from mllm_nle.data import load_objhal
     recs, _ = load_objhal(data.bench_dir/"objhal.jsonl", image_root=data.bench_image_root, on_error=cfg.on_error, max_image_pixels=cfg.max_image_pixels)
     outs = _generate(cfg, backbone, recs, cfg.max_new_tokens)
     table = metrics.world_synonyms() if data.scenes is not None else None
@@ -111,10 +120,9 @@ def caption_scores(cfg, data: HACLData, backbone) -> dict:
         summary |= dict(claim_hallucination=n_false / n_parsed if n_parsed else None, unparsable_sentences=1 - n_parsed / n_sent if n_sent else None)
     return dict(summary=summary, rows=rows)
 
+# %% ../../nbs/10b_hacl_eval.ipynb #17d65186
 def pope_eval(cfg, data: HACLData, backbone) -> dict:
     "POPE per mode (accuracy, precision, recall, F1, yes-ratio) and their mean over modes."
-    from mllm_nle import metrics
-    from mllm_nle.data import load_pope
     by = {}
     for mode in cfg.pope_modes:
         recs, _ = load_pope(data.bench_dir/"pope"/f"{mode}.jsonl", image_root=data.bench_image_root, on_error=cfg.on_error,
@@ -125,8 +133,6 @@ def pope_eval(cfg, data: HACLData, backbone) -> dict:
 
 def amber_eval(cfg, data: HACLData, backbone) -> dict:
     "AMBER: generative CHAIR/Cover/Hal/Cog, discriminative F1 and the AMBER score ½·(1 − CHAIR + F1)."
-    from mllm_nle import amber
-    from mllm_nle.data import load_amber_queries
     root = data.bench_dir/"amber"
     recs, _ = load_amber_queries(root, "all", image_root=data.bench_image_root, on_error=cfg.on_error, max_image_pixels=cfg.max_image_pixels)
     gen = [r for r in recs if r["type"] == "generative"]; disc = [r for r in recs if r["type"] != "generative"]
@@ -165,8 +171,6 @@ def evaluator(cfg, data: HACLData):
 # %% ../../nbs/10b_hacl_eval.ipynb #ac754db5
 def pope_items(cfg, data: HACLData, backbone) -> dict:
     "`pope_eval`'s scores (`summary`, `by_mode`) and one row per question: `{id, mode, label, output, tp, fp, tn, fn}`."
-    from mllm_nle import metrics
-    from mllm_nle.data import load_pope
     by, rows = {}, []
     for mode in cfg.pope_modes:
         recs, _ = load_pope(data.bench_dir/"pope"/f"{mode}.jsonl", image_root=data.bench_image_root, on_error=cfg.on_error,
@@ -247,8 +251,6 @@ PAIRED_KEYS = ("any_false", "chair_hallucinated")
 
 def hacl_paired(out, a: str = "sft", b: str = "hacl", keys=PAIRED_KEYS) -> list[dict]:
     "Item-paired differences `b - a` (bootstrap 95% CI over seeds and items) of the per-caption outcomes the rows hold."
-    from mllm_nle.core import load_jsonl
-    from mllm_nle.experiment import paired_difference
     study = load_json(Path(out)/"study.json")
     first = load_jsonl(Path(out)/next(iter(study["items"][a].values())))
     return [paired_difference(out, a, b, k) for k in keys if first and k in first[0]]
@@ -260,10 +262,10 @@ def negatives_table(negatives: dict | None) -> str:
     rows += [[t, v["n"], f"{v['hallucinated_rate']:.3f}"] for t, v in negatives["by_type"].items()]
     return markdown_table(["edit type", "negatives", "really hallucinated"], rows)
 
+# %% ../../nbs/10b_hacl_eval.ipynb #6861b977
 def retrieval_figure(logs: dict, path=None, keys=("probe/r1_raw", "probe/r1_heads", "probe/r1_lm")):
     "The retrieval probe over training steps: one panel per measure, one line per arm (mean over seeds, band = min..max)."
     import matplotlib.pyplot as plt
-    from mllm_nle.plots import save_figure
     keys = [k for k in keys if any(k in h for arm in logs.values() for lh in arm.values() for h in lh)]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3), squeeze=False)
     for ax, k in zip(axes.flat, keys):
@@ -281,8 +283,6 @@ def retrieval_figure(logs: dict, path=None, keys=("probe/r1_raw", "probe/r1_head
 # %% ../../nbs/10b_hacl_eval.ipynb #ca3a7c4a
 def hacl_figures(run: dict, out) -> dict:
     "Training curves (LM loss, ITA loss, temperature), the retrieval probe over steps, metric bars over seeds; saved under `out/figures/`."
-    from mllm_nle import plots
-    from mllm_nle.experiment import study_bars
     fig_dir, logs, summary = Path(out)/"figures", run["logs"], run["study"]["summary"]
     seed0 = next(iter(logs["hacl"]))
     figs = {"training": plots.plot_loss_curves(logs["hacl"][seed0], keys=["loss/lm", "loss/ita", "itc/temperature", "sim/positive", "sim/hallucinated"],

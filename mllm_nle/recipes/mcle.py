@@ -18,6 +18,16 @@ from ..experiment import (Arm, RunConfig, cache_root, cached_dir, config_key, fi
                                  summary_table, train_baseline)
 from ..losses import MCLE_VARIANTS
 from ..train import Method, get_method, register_method, toy_answer, toy_images
+from .. import losses
+from .. import metrics
+from .. import models
+from .. import plots
+from .. import world
+from .. import world_data
+from ..data import open_image
+from ..experiment import loss_figure, metric_bars
+from ..inputs import decoding_settings
+from ..metrics import ConsistencyMatrix
 
 log = get_logger("mllm_nle.recipes.mcle")
 
@@ -42,21 +52,21 @@ class MCLEConfig(RunConfig):
     sft_lr: float = 1e-3
     sft_freeze_vision: bool = True
     # data: files, or the synthetic world when train_file is None
-    train_file: str | None = None
-    test_file: str | None = None
-    image_root: str | None = None
+    train_file: str | None = None   # VQA-X-format training JSON (None: the synthetic world)
+    test_file: str | None = None   # VQA-X-format test JSON
+    image_root: str | None = None   # the folder the files' image paths are relative to
     n_train: int = 1500                # synthetic: scenes behind the training records
-    n_test: int = 96
+    n_test: int = 96   # synthetic: test questions
     test_split: str = "standard"       # synthetic: standard | hard (crowded scenes, two-fact questions: world_data.HARD_TEST)
     image_size: int = 84               # the seeing backbones' grid: one visual token per cell
     max_test: int | None = None        # evaluate on the first N test items
     # the MCLE arms: a variant (official | bounded | multilevel), or multilevel+features
-    variant: str = "multilevel"
+    variant: str = "multilevel"   # the MCLE arm: official | bounded | multilevel | multilevel+features
     compare_variants: list[str] = field(default_factory=list)   # extra MCLE arms trained in the same run
     image_feature: str = "image_llm"   # +features: the image representation, image_llm | image
     # evaluation
-    nle_metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider", "spice"])
-    gallery_size: int = 6
+    nle_metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge", "cider", "spice"])   # explanation metrics: bleu, meteor, rouge, cider, spice (METEOR and SPICE need Java)
+    gallery_size: int = 6   # images in the figure of example explanations (0: none)
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,9 +104,8 @@ _VARIANT_OPTIONS = {"official": (), "bounded": ("eps",),
                     "multilevel": ("lambdas", "beta", "margin", "temperature")}
 
 @register_method("mcle", data="mcle_train")
-def mcle_method(variant: str = "official", features: bool = False, image_feature: str = "image_llm", **loss_kw) -> Method:
+def mcle_method(variant: str = "multilevel", features: bool = False, image_feature: str = "image_llm", **loss_kw) -> Method:
     "MCLE: `official` (signed ratio x NLL), `bounded` (unlikelihood) or `multilevel` (level margins; `features`: + InfoNCE terms)."
-    from mllm_nle import losses
     if variant not in MCLE_VARIANTS: raise ConfigError(f"mcle variant {variant!r} not in {MCLE_VARIANTS}")
     bad = sorted(set(loss_kw) - set(_VARIANT_OPTIONS[variant]))
     if bad: raise ConfigError(f"mcle variant {variant!r}: unknown loss option(s) {bad}; valid: {list(_VARIANT_OPTIONS[variant])}")
@@ -125,7 +134,6 @@ class MCLEData:
 
 def synthetic_vqax(cfg: MCLEConfig) -> Path:
     "Write (once, cached) the synthetic VQA-X-like files for `cfg`'s data settings; return their folder."
-    from mllm_nle import world_data
     split = {} if cfg.test_split == "standard" else {"split": cfg.test_split}
     d = cache_root(cfg)/"world"/f"vqax-{config_key(n=cfg.n_train, t=cfg.n_test, s=cfg.image_size, seed=cfg.data_seed, **split)}"
     def build(tmp):
@@ -137,7 +145,7 @@ def synthetic_vqax(cfg: MCLEConfig) -> Path:
 
 def load_mcle_data(cfg: MCLEConfig) -> MCLEData:
     "Training and test records (and scenes on the synthetic world) for `cfg`."
-    from mllm_nle import data, world
+    from mllm_nle import data, world   # here: `data` is also this module's name for an MCLEData argument
     if cfg.train_file is None:
         d = synthetic_vqax(cfg)
         train_file, test_file, root, source = d/"train.json", d/"test.json", d, f"synthetic world ({d.name}, {cfg.test_split} test split)"
@@ -152,6 +160,7 @@ def load_mcle_data(cfg: MCLEConfig) -> MCLEData:
     if cfg.max_test: test = test[:cfg.max_test]
     return MCLEData(train, test, scenes, source, {"train": rtrain, "test": rtest}, train_key, level_notes(cfg, train, source))
 
+# %% ../../nbs/08_mcle.ipynb #cb788957
 def level_notes(cfg: MCLEConfig, train: list, source: str) -> list[str]:
     "A loud warning (logged, and returned for the results) when multilevel MCLE meets a file whose negatives carry no `level`."
     multi = [v for v in [cfg.variant, *cfg.compare_variants] if v.startswith("multilevel")]
@@ -199,20 +208,16 @@ SUMMARY_KEYS = ("accuracy", "consistency", "consistency_judged", "explanation_tr
 
 def generate_explanations(cfg: MCLEConfig, backbone, data: MCLEData) -> list[str]:
     "Greedy outputs of `backbone` for every test item."
-    from mllm_nle import models
-    from mllm_nle.data import open_image
     examples = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r["image"], prompt=r["prompt"]) for r in data.test]
     return models.generate(backbone.model, backbone.processor, examples, batch_size=cfg.eval_batch_size, progress=True,
                            **decoding(cfg))
 
 def decoding(cfg: MCLEConfig) -> dict:
     "The evaluation's decoding settings, every one (greedy; recorded in `metrics.json`)."
-    from mllm_nle.inputs import decoding_settings
     return decoding_settings(max_new_tokens=cfg.max_new_tokens)
 
 def accuracy_by_type(questions, correct) -> dict:
     "Synthetic world: answer accuracy per question type. Types that need the image (color, category, exist) show whether a model sees."
-    from mllm_nle import world
     by: dict = {}
     for q, c in zip(questions, correct): by.setdefault((world.parse_question(q) or {}).get("type", "other"), []).append(bool(c))
     return {t: dict(n=len(v), accuracy=sum(v) / len(v)) for t, v in sorted(by.items())}
@@ -220,7 +225,6 @@ def accuracy_by_type(questions, correct) -> dict:
 # %% ../../nbs/08_mcle.ipynb #8b1a56a9
 def _consistency(data: MCLEData, questions, outputs, golds) -> tuple:
     "`(consistency result, judge name, supports per item, explanation truth)`: exact on the world, else the proxy judge."
-    from mllm_nle import metrics
     if data.scenes is not None:
         cons = metrics.world_consistency([data.scenes[r["scene_id"]] for r in data.test], questions, outputs, golds)
         return cons, "exact (scene graph)", [it["supports_answer"] for it in cons["items"]], cons["explanation_truth"]
@@ -229,7 +233,6 @@ def _consistency(data: MCLEData, questions, outputs, golds) -> tuple:
 
 def score_explanations(cfg: MCLEConfig, data: MCLEData, outputs: list[str]) -> dict:
     "NLE metrics, accuracy and consistency of `outputs`; per-item rows for the generations file."
-    from mllm_nle import metrics
     qs, golds = [r["question"] for r in data.test], [r["answer"] for r in data.test]
     nle = metrics.nle_scores(outputs, golds, [r["references"] for r in data.test], metrics=tuple(cfg.nle_metrics))
     cons, judge, supports, truth = _consistency(data, qs, outputs, golds)
@@ -278,8 +281,6 @@ def mcle_table(results: dict) -> str:
 
 # %% ../../nbs/08_mcle.ipynb #78f314e1
 def _consistency_figures(res: dict, fig_dir: Path) -> dict:
-    from mllm_nle import plots
-    from mllm_nle.metrics import ConsistencyMatrix
     figs = {}
     for k, v in res.items():
         m = ConsistencyMatrix(**{f: v["consistency_matrix"][f] for f in ConsistencyMatrix.__dataclass_fields__})
@@ -288,8 +289,6 @@ def _consistency_figures(res: dict, fig_dir: Path) -> dict:
     return figs
 
 def _gallery(run: dict, mcle_name: str, fig_dir: Path):
-    from mllm_nle import plots
-    from mllm_nle.data import open_image
     res, data = run["results"], run["data"]
     n = min(len(data.test), run.get("gallery_size", 6))
     qa = [f"Q: {r['question']}  (gold: {r['answer']})" for r in data.test[:n]]
@@ -300,8 +299,6 @@ def _gallery(run: dict, mcle_name: str, fig_dir: Path):
 
 def mcle_figures(run: dict, out: Path, mcle_name: str | None = None) -> dict:
     "Draw and save the run's figures under `out/figures/`; return `{name: Figure}`."
-    from mllm_nle import plots
-    from mllm_nle.experiment import loss_figure, metric_bars
     res, fig_dir = run["results"], Path(out)/"figures"
     mcle_name = mcle_name or next(k for k in res if k.startswith("mcle_"))
     figs = {"loss_curves": loss_figure(run["logs"], mcle_name, fig_dir/"loss_curves.png"),
@@ -339,7 +336,6 @@ def unpaired_negatives(out: Path, study: dict) -> dict:
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` MCLE records in groups of three (positive, semantic, image) on synthetic-world images saved in `out_dir`."
     import random
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(max(1, -(-n // 3)), out_dir, seed, size)):
         q, pos = toy_answer(sc)

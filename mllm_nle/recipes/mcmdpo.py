@@ -20,6 +20,9 @@ from ..batches import Collator, stable_seed
 from ..experiment import RunConfig
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from ..train import Method, batch_reference_logps, register_method, toy_answer, toy_images
+from .. import losses
+from .. import models
+from .. import world
 
 # %% auto #0
 __all__ = ['PARADIGMS', 'ARM_SPECS', 'IMAGE_NEGATIVES', 'RELEASE_WEIGHTS', 'CLIP_MEAN', 'CLIP_STD', 'MCMDPOConfig',
@@ -42,30 +45,30 @@ class MCMDPOConfig(RunConfig):
     backbone: str = "tiny:llava:xs"    # the release is LLaVA
     lr_scheduler: str = "cosine"       # the release (mcmdpo.sh): cosine, warmup 0.03
     # data: the synthetic world when train_file is None
-    train_file: str | None = None
-    test_file: str | None = None
+    train_file: str | None = None   # alt-text training JSON (Twitter/Pinterest format; None: the synthetic world)
+    test_file: str | None = None   # alt-text test JSON
     image_root: str | None = None      # train images (default: the train file's folder)
     test_image_root: str | None = None # test images (default: image_root)
     data_format: str = "release"       # release | swift
     n_train: int = 256                 # synthetic scenes
-    n_test: int = 64
-    image_size: int = 112
-    max_test: int | None = None
+    n_test: int = 64   # synthetic: test images
+    image_size: int = 112   # synthetic images' side in pixels
+    max_test: int | None = None   # evaluate on the first N test items (None: all)
     # negatives (seeded by data_seed: the same for every arm and seed, so one stored reference serves all)
     image_negative: str = "diffusion"  # diffusion | black | crop | rotate | random
-    noise_step: int = 700
+    noise_step: int = 700   # diffusion image negative: the forward-noise step (of 1000)
     noise_space: str = "tensor"        # tensor: on the processor's normalised output (the release) | pixel
     # the objective
-    beta: float = 0.1
-    weights: list[float] = field(default_factory=lambda: list(RELEASE_WEIGHTS))
+    beta: float = 0.1   # DPO's beta (> 0)
+    weights: list[float] = field(default_factory=lambda: list(RELEASE_WEIGHTS))   # the facets' weights (the release's by default)
     norm: float | None = None          # None: the sum of the active weights (2.8 with all seven)
-    arms: list[str] = field(default_factory=lambda: ["dpo", "mcm_dpo"])
-    paradigm: str = "d"
-    train_projector: bool = True
+    arms: list[str] = field(default_factory=lambda: ["dpo", "mcm_dpo"])   # the arms trained: dpo, mcm_dpo, sft_continued, ...
+    paradigm: str = "d"   # whether the vision tower trains in the SFT / preference stage: a no/no, b no/yes, c yes/no, d yes/yes (the release)
+    train_projector: bool = True   # train the projector too in the preference stage
     reference: str = "batch"           # batch: stored reference log-probs | live: the base under disabled adapters
     # studies (nbs/mcmdpo_study.ipynb): extra arms for the facet ablation, extra paradigms
-    ablation: list[str] = field(default_factory=list)
-    paradigms: list[str] = field(default_factory=list)
+    ablation: list[str] = field(default_factory=list)   # the study: extra arms (ARM_SPECS, e.g. k1..k7 facets, per_facet)
+    paradigms: list[str] = field(default_factory=list)   # the study: extra paradigms trained beside paradigm
     # preference stage: by epochs
     steps: int = 0
     epochs: float = 2.0
@@ -75,8 +78,8 @@ class MCMDPOConfig(RunConfig):
     # evaluation
     num_beams: list[int] = field(default_factory=lambda: [1, 3])   # greedy, and the release's beam 3
     max_new_tokens: int = 48
-    meteor: bool = True
-    gallery_size: int = 6
+    meteor: bool = True   # compute METEOR (needs Java)
+    gallery_size: int = 6   # images in the figure of example alt-texts (0: none)
 
     def __post_init__(self):
         super().__post_init__(); check_mcmdpo_config(self)
@@ -88,6 +91,7 @@ def check_mcmdpo_config(cfg: MCMDPOConfig):
     def check(ok, msg):
         if not ok: raise ConfigError(f"{name}: {msg}")
     check(cfg.paradigm in PARADIGMS, f"paradigm {cfg.paradigm!r} is not one of {sorted(PARADIGMS)}")
+    check(cfg.beta > 0, f"beta must be > 0 (it scales every facet's margin), got {cfg.beta}")
     bad = [a for a in [*cfg.arms, *cfg.ablation] if a not in ARM_SPECS]
     check(not bad, f"unknown arm(s) {bad}; valid: {list(ARM_SPECS)}")
     bad = [p for p in cfg.paradigms if p not in PARADIGMS]
@@ -253,6 +257,7 @@ def _add_tensor_noise(self: MCMDPOCollator, b: dict, seeds: list):
         sl = slice(starts[i], starts[i + 1])
         pv[sl] = add_diffusion_noise(pv[sl] if layout else pv[sl][0], s, self.noise_step, layout).reshape(pv[sl].shape)
 
+# %% ../../nbs/11_mcmdpo.ipynb #49dd02a6
 @patch
 def __call__(self: MCMDPOCollator, records) -> dict:
     if not records: raise ValueError("MCMDPOCollator: no records")
@@ -283,7 +288,6 @@ def row_names(self: MCMDPOCollator, batch: dict) -> list[str]:
 # %% ../../nbs/11_mcmdpo.ipynb #bb3ac369
 def _part_modules(model, parts) -> dict:
     "The vision tower / projector modules of either family (the Qwen merger is inside its vision tower)."
-    from mllm_nle import models
     inner = models.hf_model(model).model
     vision = getattr(inner, "vision_tower", None) or getattr(inner, "visual", None)
     projector = getattr(inner, "multi_modal_projector", None) or getattr(vision, "merger", None)
@@ -294,7 +298,6 @@ def _part_modules(model, parts) -> dict:
 
 def weights_outside_adapters(model) -> dict[str, int]:
     "Trainable parameters that are not LoRA adapters, per part (`vision`, `projector`, `llm`)."
-    from mllm_nle import models
     out = dict(vision=0, projector=0, llm=0)
     for n, p in model.named_parameters():
         if p.requires_grad and "lora_" not in n: out[models.module_part(n)] += p.numel()
@@ -302,7 +305,6 @@ def weights_outside_adapters(model) -> dict[str, int]:
 
 def trainable_setup(method: Method, model, train_vision: bool = False, train_projector: bool = False):
     "`Method.setup`: LoRA on the LLM, all weights of the vision tower / projector when asked; refuses a live reference then."
-    from mllm_nle import models
     if method.reference == "live": check_live_reference(train_vision, train_projector, f"method {method.name!r}")
     models.set_trainable(model, vision=train_vision, projector=train_projector, llm=True)
     full = [p for p, n in weights_outside_adapters(model).items() if n]
@@ -326,7 +328,7 @@ def mcm_dpo_method(beta: float = 0.1, reference: str = "live", pool=None, image_
                    noise_space: str = "tensor", seed: int = 0, plain_dpo: bool = False, train_vision: bool = False,
                    train_projector: bool = False, **loss_kw) -> Method:
     "MCM-DPO: one sigmoid over the weighted facet margins (`n_facets`, `per_facet`, `weights`, `norm`), or `plain_dpo`."
-    from mllm_nle import losses
+    if not beta > 0: raise ConfigError(f"mcm_dpo: beta must be > 0 (it scales every facet's margin), got {beta}")
     conds = needed_conditions(loss_kw.get("n_facets", 7), plain_dpo)
     def inputs(b, f):
         n = int(b["n_pairs"]); pol = f["logps"].sum.view(len(conds), n)
@@ -345,7 +347,6 @@ def mcm_dpo_method(beta: float = 0.1, reference: str = "live", pool=None, image_
 # %% ../../nbs/11_mcmdpo.ipynb #9d20d798
 def toy_records(n: int, out_dir, seed: int = 0, size: int = 56) -> list[dict]:
     "`n` MCM-DPO records `{id, image, question, prompt, context, chosen, rejected, context_negative}` on synthetic-world images."
-    from mllm_nle import world
     rng, out = random.Random(seed), []
     for i, (sc, path) in enumerate(toy_images(n, out_dir, seed, size)):
         q, good = toy_answer(sc)

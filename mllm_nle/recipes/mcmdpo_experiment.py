@@ -18,6 +18,15 @@ from ..experiment import (Arm, cache_root, cached_dir, collator_options, config_
 from ..losses import MCM_CONDITIONS, MCM_FACETS
 from .mcmdpo import PARADIGMS, MCMDPOCollator, MCMDPOConfig, assign_negatives, load_swift_pairs, trainable_setup
 from ..train import get_method
+from .. import metrics
+from .. import models
+from .. import plots
+from .. import world
+from .. import world_data
+from ..core import DataFileError
+from ..data import open_image
+from ..experiment import metric_bars
+from ..inputs import decoding_settings
 
 log = get_logger("mllm_nle.recipes.mcmdpo_experiment")
 
@@ -40,16 +49,16 @@ class AltTextData:
 
 def synthetic_alttext(cfg: MCMDPOConfig) -> Path:
     "Write (once, cached) the synthetic alt-text files for `cfg`'s data settings; return their folder."
-    from mllm_nle import world_data
     d = cache_root(cfg)/"world"/f"alttext-{config_key(n=cfg.n_train, t=cfg.n_test, s=cfg.image_size, seed=cfg.data_seed)}"
     def build(tmp):
         world_data.write_alttext(tmp, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed, image_size=cfg.image_size)
         return {"n_train": cfg.n_train, "n_test": cfg.n_test}
     return cached_dir(d, build)
 
+# %% ../../nbs/11a_mcmdpo_experiment.ipynb #bfc5f416
 def load_alttext_data(cfg: MCMDPOConfig) -> AltTextData:
     "Training records (with their context negatives) and test records for `cfg`; scenes on the synthetic world."
-    from mllm_nle import data, world_data
+    from mllm_nle import data, world_data   # here: `data` is also this module's name for an AltTextData argument
     kw = dict(on_error=cfg.on_error)
     if cfg.train_file is None:
         d = synthetic_alttext(cfg)
@@ -110,8 +119,7 @@ def reference_collator(cfg: MCMDPOConfig, processor) -> MCMDPOCollator:
 
 def with_reference(cfg: MCMDPOConfig, base: Path, data: AltTextData, batch_size: int = 8) -> list[dict]:
     "The training records with the base model's stored reference log-probs (`ref_logps`, eight per record)."
-    from mllm_nle import models, train
-    from mllm_nle.core import DataFileError
+    from mllm_nle import models, train   # here: `train` is also this module's name for the training records
     src = str(base) if cfg.sft_steps > 0 else cfg.backbone
     key = config_key(base=model_id(src), data=data.train_key, n=len(data.train), neg=(cfg.image_negative, cfg.noise_step, cfg.noise_space),
                      seed=cfg.data_seed, v=1, **input_key(cfg))   # image tokens and prompt change the log-probs
@@ -135,7 +143,6 @@ def mcmdpo_arms(cfg: MCMDPOConfig, data: AltTextData, base: Path | None, specs=N
 # %% ../../nbs/11a_mcmdpo_experiment.ipynb #bb76ff23
 def context_subject(context: str) -> dict | None:
     "`{category, colour}` named by a world context (the last category word, and a colour word), or None."
-    from mllm_nle import world
     words = re.findall(r"[a-z]+", context.lower())
     cats = [w for w in words if w in world.CATEGORIES]
     if not cats: return None
@@ -146,7 +153,6 @@ def _descs(f: dict) -> list[dict]: return [f["a"]] + ([f["b"]] if "b" in f else 
 
 def alttext_faithfulness(scene, context: str, output: str) -> dict:
     "Exact checks of one alt-text against its scene (see above)."
-    from mllm_nle import world
     sents = world.check_caption(scene, output)
     facts = [f for s in sents if s["parsed"] for f in world.parse_clauses(s["sentence"])]
     present = {o.category for o in scene.objects}
@@ -170,7 +176,6 @@ def decoding_name(beams: int) -> str: return "greedy" if beams == 1 else f"beam{
 
 def score_decoding(cfg: MCMDPOConfig, data: AltTextData, outputs: list[str], name: str) -> tuple[dict, list[dict]]:
     "Summary numbers and per-item checks of one decoding's `outputs`."
-    from mllm_nle import metrics
     refs = [[r["chosen"]] + list(r.get("references", [])) for r in data.test]
     s = metrics.alttext_scores(outputs, refs, meteor=cfg.meteor)
     summary = {f"{name}/{k}": s.get(v) for k, v in ALTTEXT_KEYS.items()}
@@ -185,13 +190,11 @@ def score_decoding(cfg: MCMDPOConfig, data: AltTextData, outputs: list[str], nam
 
 def decoding(cfg: MCMDPOConfig) -> dict:
     "Each evaluation decoding's settings, every one (greedy, and beam search as the release's inference script)."
-    from mllm_nle.inputs import decoding_settings
     return {decoding_name(b): decoding_settings(max_new_tokens=cfg.max_new_tokens, num_beams=b) for b in cfg.num_beams}
 
+# %% ../../nbs/11a_mcmdpo_experiment.ipynb #86de2014
 def evaluator(cfg: MCMDPOConfig, data: AltTextData):
     "The experiment layer's `evaluate(backbone)`: every decoding of `cfg.num_beams`, scored."
-    from mllm_nle import models
-    from mllm_nle.data import open_image
     examples = [dict(image=partial(open_image, r, cfg.max_image_pixels), image_key=r["image"], prompt=r["question"],
                      **({"system": r["system"]} if r.get("system") else {})) for r in data.test]   # images opened per batch
     def evaluate(backbone) -> dict:
@@ -233,7 +236,6 @@ def mcmdpo_table(results: dict, decoding: str = "greedy", keys=TABLE_KEYS) -> st
 def margins_figure(log_history: list, path=None, title: str = "MCM-DPO: the seven reward margins", smooth: float = 0.8):
     "The seven facet margins (β-scaled) over steps, one line each (raw faint, EMA on top)."
     import matplotlib.pyplot as plt
-    from mllm_nle import plots
     series = plots.loss_series(log_history, [f"margins/{name}" for name, _, _ in MCM_FACETS])
     if not series: raise ValueError("margins_figure: the log history has no margins/* entries (log an MCM-DPO run)")
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -246,9 +248,6 @@ def margins_figure(log_history: list, path=None, title: str = "MCM-DPO: the seve
 
 def mcmdpo_figures(run: dict, out: Path, decodings=None) -> dict:
     "Draw and save a run's figures under `out/figures/`: margins, metric bars per decoding, gallery."
-    from mllm_nle import plots
-    from mllm_nle.data import open_image
-    from mllm_nle.experiment import metric_bars
     res, fig_dir, data = run["results"], Path(out)/"figures", run["data"]
     decodings = decodings or sorted({k.split("/")[0] for r in res.values() for k in r["summary"]})
     figs = {}
@@ -297,6 +296,7 @@ def ablation_table(parts: dict, decoding: str = "greedy", keys=HEADLINE_KEYS) ->
     cols = [f"{decoding}/{k}" for k in keys]
     return markdown_table(["arm", *keys], [[n, *(_cell(m, c) for c in cols)] for n, m in rows if m is not None])
 
+# %% ../../nbs/11a_mcmdpo_experiment.ipynb #f871ecfc
 def paradigm_table(cfg: MCMDPOConfig, parts: dict, decoding: str = "greedy", keys=HEADLINE_KEYS, arm: str = "mcm_dpo") -> str:
     "Per paradigm: the vision tower in each stage, its SFT baseline and `arm` (mean ± std over seeds)."
     rows = []
