@@ -107,9 +107,7 @@ def test_world_consistency_plumbing(monkeypatch):
         calls.append((scene, q, e, a))
         return dict(parsed=True, explanation_true=e == "it is red", supports_answer=e == "it is red" and a == "red")
     fake = types.SimpleNamespace(check_explanation=check, answer_question=lambda s, q: "red")
-    monkeypatch.setitem(sys.modules, "mllm_nle.world", fake)
-    import mllm_nle
-    monkeypatch.setattr(mllm_nle, "world", fake, raising=False)
+    monkeypatch.setattr(M, "world", fake)          # metrics imports the world module at its top
     out = ["Because it is red. So the answer is red.", "Because it is blue. So the answer is red.", "garbage"]
     r = M.world_consistency(["s1", "s2", "s3"], ["q"] * 3, out)
     assert calls == [("s1", "q", "it is red", "red"), ("s2", "q", "it is blue", "red")]
