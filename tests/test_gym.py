@@ -57,7 +57,7 @@ def test_gym_report_smoke(tmp_path):
     assert {r["suite"] for r in rows} == {"vqa", "caption", "pope", "alttext"}          # every model on every test
     nb = json.loads((tmp_path/"executed.ipynb").read_text())
     text = json.dumps(nb)
-    assert "| mcle/mcle_released |" in text and "verdicts allowed" in text and "cannot tell" in text
+    assert "| mcle/mcle |" in text and "verdicts allowed" in text and "cannot tell" in text
     assert sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])) >= 4      # the figures show
     for f in ("figures/metric_bars.png", "figures/loss_curves.png", "figures/tradeoff.png", "figures/verdicts_by_base.png",
               "figures/mcmdpo_margins.png", "metrics.json", "config.yaml", "base0/plan.json", "base1/dgpref/data_released/data_report.json"):
