@@ -9,21 +9,15 @@ executed report's metrics.json. Everything between the markers is rewritten; tex
 import json, re, sys
 from pathlib import Path
 
+from mllm_nle.experiment import markdown_table as _table
+from mllm_nle.gym import METRICS
+from mllm_nle.gym_verdicts import ci_text
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- status:gym (?P<run>\S+) -->\n)(?P<body>.*?)(<!-- /status:gym -->)", re.S)
 
 
-def _table(header, rows) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(map(str, r)) + " |" for r in rows)])
-
-
-def _ci(v: dict) -> str:
-    lo, hi = v["ci95"]
-    return f"{v['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f", q = {v['q']:.3f}" if v.get("q") is not None else "")
-
-
 def _label(k: str) -> str:
-    from mllm_nle.gym import METRICS
     return METRICS[k]["label"] if k in METRICS else k
 
 
@@ -36,7 +30,7 @@ def gym_block(run: str) -> str:
             f"{len(m['rows'])} rows, backbone `{m['backbone']}` (python {env['python']}, torch {env['torch']}, "
             f"transformers {env['transformers']}, peft {env['peft']}, {env['cpus']} CPUs).")
     verdicts = _table(["row", "column", "Δ vs its SFT row [95% CI]", "verdict"],
-                      [[v["row"], _label(v["column"]), _ci(v), v["verdict"]] for v in m["verdicts"]])
+                      [[v["row"], _label(v["column"]), ci_text(v), v["verdict"]] for v in m["verdicts"]])
     gates = _table(["column", "verdicts allowed", "working positive controls", "A/A Δ", "why not"],
                    [[_label(k), "yes" if s["usable"] else "no", ", ".join(s["working"]) or "none", f(s["aa"]), s["why"] or "—"]
                     for k, s in st.items() if s["controls"] or s["why"] != "no positive control was run"])
