@@ -8,7 +8,7 @@ import pytest
 from mllm_nle import gym
 from mllm_nle.core import ConfigError, load_config
 from mllm_nle.experiment import notebook_config
-from notebook_runs import run_notebook
+from notebook_runs import assert_figures_shown, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_gym_report_smoke(tmp_path):
     nb = json.loads((tmp_path/"executed.ipynb").read_text())
     text = json.dumps(nb)
     assert "| mcle/mcle |" in text and "verdicts allowed" in text and "cannot tell" in text
-    assert sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", [])) >= 4      # the figures show
+    assert_figures_shown(tmp_path/"executed.ipynb", at_least=4)
     for f in ("figures/metric_bars.png", "figures/loss_curves.png", "figures/tradeoff.png", "figures/verdicts_by_base.png",
               "figures/mcmdpo_margins.png", "metrics.json", "config.yaml", "base0/plan.json", "base1/dgpref/data_released/data_report.json"):
         assert (out/f).exists(), f
